@@ -1,0 +1,212 @@
+"""The engine: frames in, `Call`s out. The same object serves a capture file and a live ring.
+
+Per packet: decode L2–L4 (`dissect.packet`), find the connection in one dict lookup (each
+connection is filed under both of its 4-tuples, with the direction), and hand the segment to
+its `TCPConn`, which drives the protocol dissector. Dissectors emit finished calls through their
+context; the engine stamps each with its id and yields it.
+
+Connections end on FIN/RST (they linger, closed, so late retransmissions are not mistaken for a
+new conversation), when idle for ``Limits.idle_timeout_ns`` of capture time, when the table is
+full (least recently active first), or at the end of input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from dissect.base import Analyzer, Budget, ConnContext, Dissector, Limits
+from dissect.detect import Detecting, default_analyzers
+from dissect.ipfrag import Fragments
+from dissect.model import Call, Endpoint
+from dissect.packet import IPPROTO_TCP, decode, ip_text
+from dissect.pcapio import CaptureReader, Packet
+from dissect.tcp import ACK, SYN, TCPConn
+
+_tcp_hdr = struct.Struct("!HHIIBB").unpack_from
+_SWEEP_EVERY = 8192  # packets between idle sweeps
+LINGER_NS = 30 * 1_000_000_000  # how long a finished connection absorbs late packets
+
+
+class Engine:
+    """Reassembles and dissects a stream of frames from one source (a file or a node).
+
+    ``source`` prefixes every id: the first 12 hex digits of a capture file's sha256 for imports
+    (so importing the same file twice gives the same ids) or the node name for live capture.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        limits: Limits | None = None,
+        analyzers: Sequence[Analyzer] | None = None,
+        call_id: Callable[[int], str] | None = None,
+    ) -> None:
+        self.source = source
+        self.limits = limits or Limits()
+        self.analyzers = list(analyzers) if analyzers is not None else default_analyzers()
+        self.flows: dict[tuple[bytes, int, bytes, int], tuple[TCPConn, int]] = {}
+        self.conns: dict[int, TCPConn] = {}
+        self.frags = Fragments()
+        self.ooo_budget = Budget(self.limits.max_ooo_total)
+        self.body_budget = Budget(self.limits.max_body_total)
+        self.out: list[Call] = []
+        self._calls = 0
+        self._conn_index = 0
+        self._call_id = call_id or (lambda n: f"{source}/{n:09d}")
+        self._since_sweep = 0
+        self.now = 0
+        self.packets = 0
+        self.undecoded = 0  # frames that were not TCP (or not yet: fragments)
+
+    # -- input ---------------------------------------------------------------------------------
+
+    def run(self, packets: Iterable[Packet]) -> Iterator[Call]:
+        """Dissect every packet, yielding calls as they complete, then flush at the end."""
+        out = self.out
+        feed = self.packet
+        for ts, linktype, frame, _wire in packets:
+            feed(ts, linktype, frame)
+            if out:
+                yield from out
+                out.clear()
+        self.finish()
+        yield from out
+        out.clear()
+
+    def packet(self, ts: int, linktype: int, frame: bytes) -> None:
+        """One captured frame. Finished calls are appended to ``self.out``."""
+        self.packets += 1
+        self.now = ts
+        seg = decode(linktype, frame, self.frags, ts)
+        if seg is None or seg[0] != IPPROTO_TCP:
+            self.undecoded += 1
+            return
+        _proto, src, dst, data, off, end, missing = seg
+        if end - off < 20:
+            self.undecoded += 1
+            return
+        sport, dport, seq, ack, doff, flags = _tcp_hdr(data, off)
+        start = off + ((doff >> 4) << 2)
+        if start > end:  # header cut by the snap length: sequence space lost is unknown here
+            payload = b""
+            missing = max(missing - (start - end), 0)
+        else:
+            payload = data[start:end]
+        hit = self.flows.get((src, sport, dst, dport))
+        if hit is None or (flags & SYN and not flags & ACK and self._reused(hit, seq)):
+            conn = self._new_conn(src, sport, dst, dport, flags, ts)
+            d = 0
+        else:
+            conn, d = hit
+        conn.segment(d, seq, ack, flags, payload, missing, ts)
+        self._since_sweep += 1
+        if self._since_sweep >= _SWEEP_EVERY:
+            self._sweep(ts)
+
+    # -- connections ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _reused(hit: tuple[TCPConn, int], seq: int) -> bool:
+        """A SYN on a known 4-tuple starts a new connection unless it repeats the first one's SYN."""
+        conn, d = hit
+        nxt = conn.dirs[d].next_seq
+        return conn.closed or nxt is None or nxt != (seq + 1) & 0xFFFFFFFF
+
+    def _new_conn(self, src: bytes, sport: int, dst: bytes, dport: int, flags: int, ts: int) -> TCPConn:
+        old = self.flows.get((src, sport, dst, dport))
+        if old is not None:
+            self._drop(old[0], ts)
+        if len(self.conns) >= self.limits.max_connections:
+            self._evict_oldest(ts)
+        self._conn_index += 1
+        idx = self._conn_index
+        handshake = bool(flags & SYN) and not flags & ACK
+        a = Endpoint(ip=ip_text(src), port=sport)
+        b = Endpoint(ip=ip_text(dst), port=dport)
+        ctx = ConnContext(
+            flow_id=f"{self.source}/f{idx}",
+            endpoints=(a, b),
+            emit=self._emit,
+            handshake_seen=handshake,
+            limits=self.limits,
+            budget=self.body_budget,
+        )
+        conn = TCPConn(None, self.limits, self.ooo_budget, idx)  # type: ignore[arg-type]
+
+        def decided(dissector: Dissector) -> None:
+            conn.sink = dissector
+
+        conn.sink = Detecting(ctx, self.analyzers, min(sport, dport), decided)
+        k0, k1 = (src, sport, dst, dport), (dst, dport, src, sport)
+        conn.keys = (k0, k1)
+        conn.last_ts = ts
+        self.flows[k0] = (conn, 0)
+        self.flows[k1] = (conn, 1)
+        self.conns[idx] = conn
+        return conn
+
+    def _drop(self, conn: TCPConn, ts: int) -> None:
+        conn.finish(ts)
+        if conn.keys is not None:
+            for k in conn.keys:
+                hit = self.flows.get(k)  # type: ignore[call-overload]
+                if hit is not None and hit[0] is conn:
+                    del self.flows[k]  # type: ignore[arg-type]
+        self.conns.pop(conn.index, None)
+
+    def _sweep(self, now: int) -> None:
+        """Close idle connections and forget finished ones whose linger time is over."""
+        self._since_sweep = 0
+        idle = now - self.limits.idle_timeout_ns
+        linger = now - LINGER_NS
+        for conn in [c for c in self.conns.values() if c.last_ts < idle or (c.closed and c.last_ts < linger)]:
+            self._drop(conn, now)
+        self.frags.expire(now)
+
+    def _evict_oldest(self, now: int) -> None:
+        """The table is full: close the least recently active tenth of it."""
+        victims = sorted(self.conns.values(), key=lambda c: (not c.closed, c.last_ts))
+        for conn in victims[: max(1, len(victims) // 10)]:
+            self._drop(conn, now)
+
+    def finish(self) -> None:
+        """End of input: every connection is closed and its pending calls flushed."""
+        for conn in list(self.conns.values()):
+            self._drop(conn, self.now)
+
+    # -- output --------------------------------------------------------------------------------
+
+    def _emit(self, call: Call) -> None:
+        self._calls += 1
+        call.id = self._call_id(self._calls)
+        self.out.append(call)
+
+    @property
+    def calls(self) -> int:
+        return self._calls
+
+    def buffered_bytes(self) -> int:
+        """Reassembly bytes held right now (for memory-bound tests and `doctor`)."""
+        return sum(c.buffered_bytes() for c in self.conns.values())
+
+
+def file_source_id(path: str | os.PathLike[str]) -> str:
+    """The id prefix of an imported capture: the first 12 hex digits of the file's sha256."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+def dissect_path(path: str | os.PathLike[str], limits: Limits | None = None) -> Iterator[Call]:
+    """Every call in a capture file, in the order they complete. Raises `CaptureError` early."""
+    reader = CaptureReader(path)
+    engine = Engine(file_source_id(path), limits)
+    try:
+        yield from engine.run(reader)
+    finally:
+        reader.close()

@@ -1,0 +1,333 @@
+"""Reading pcap and pcapng captures, gzip-compressed or not, in bounded memory.
+
+Why not dpkt's readers: the per-packet cost of the reader is part of every packet's budget, and we
+need precise control of what happens at a truncated end (read up to the cut, warn) and on a corrupt
+record (stop there, keep what was read). Both formats are simple enough that a struct-based reader
+over a sliding buffer is short, fast and exact. dpkt remains the library for writing captures.
+
+A reader yields ``(ts_ns, linktype, frame, wire_len)`` tuples; ``frame`` is the captured bytes
+(possibly shorter than ``wire_len`` when the capture's snap length cut it).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+Packet = tuple[int, int, bytes, int]
+
+_CHUNK = 1 << 20
+_MAX_RECORD = 1 << 26  # 64 MiB: larger "records" mean the file is corrupt, not a jumbo frame
+
+PCAP_MAGIC = {
+    b"\xd4\xc3\xb2\xa1": ("<", 1000),  # little-endian, microseconds
+    b"\xa1\xb2\xc3\xd4": (">", 1000),
+    b"\x4d\x3c\xb2\xa1": ("<", 1),  # nanoseconds
+    b"\xa1\xb2\x3c\x4d": (">", 1),
+}
+PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+class CaptureError(Exception):
+    """The file cannot be read as a capture. The message is one line that says what to do."""
+
+
+@dataclass
+class ReadStats:
+    """What the reader saw, for progress reporting and the closing warning."""
+
+    packets: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+class _Source:
+    """A sliding window over a binary stream: `need(n)` makes n bytes available at `pos`."""
+
+    __slots__ = ("buf", "eof", "f", "pos")
+
+    def __init__(self, f: BinaryIO, head: bytes) -> None:
+        self.f = f
+        self.buf = head
+        self.pos = 0
+        self.eof = False
+
+    def need(self, n: int) -> bool:
+        """True when ``n`` bytes are available from ``pos``; False only at end of input."""
+        while len(self.buf) - self.pos < n:
+            if self.eof:
+                return False
+            chunk = self.f.read(max(_CHUNK, n))
+            if not chunk:
+                self.eof = True
+                return False
+            self.buf = self.buf[self.pos :] + chunk
+            self.pos = 0
+        return True
+
+    def remaining(self) -> int:
+        return len(self.buf) - self.pos
+
+
+class CaptureReader:
+    """Iterate the packets of a pcap/pcapng file (gzip-compressed or not).
+
+    Errors about the file as a whole (missing, empty, not a capture, header cut) raise
+    `CaptureError` from the constructor. Problems met later — a record cut at the end, a corrupt
+    record — stop iteration with a warning in ``stats.warnings``; every packet before them is kept.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        try:
+            self.size = os.path.getsize(self.path)
+            raw = open(self.path, "rb")  # noqa: SIM115 - owned by the reader, closed in close()
+        except FileNotFoundError:
+            raise CaptureError(f"{self.path}: no such file") from None
+        except IsADirectoryError:
+            raise CaptureError(f"{self.path}: is a directory, not a capture file") from None
+        except PermissionError:
+            raise CaptureError(f"{self.path}: permission denied (try sudo, or copy the file)") from None
+        self._raw = raw
+        self.stats = ReadStats()
+        if self.size == 0:
+            raw.close()
+            raise CaptureError(f"{self.path}: file is empty (0 bytes); nothing was captured")
+        head = raw.read(4)
+        stream: BinaryIO = raw
+        self.compressed = head[:2] == GZIP_MAGIC
+        if self.compressed:
+            raw.seek(0)
+            stream = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
+            try:
+                head = stream.read(4)
+            except (OSError, EOFError, zlib.error) as e:
+                raw.close()
+                raise CaptureError(f"{self.path}: gzip data is corrupt ({e})") from None
+        self._stream = stream
+        self._src = _Source(stream, head)
+        if len(head) < 4:
+            self.close()
+            raise CaptureError(f"{self.path}: file is too short ({len(head)} bytes) to be a capture")
+        if head in PCAP_MAGIC:
+            self.format = "pcap"
+            self._iter = self._pcap()
+        elif head == PCAPNG_SHB:
+            self.format = "pcapng"
+            self._iter = self._pcapng()
+        else:
+            self.close()
+            raise CaptureError(
+                f"{self.path}: not a pcap or pcapng file (starts with 0x{head.hex()}); "
+                "podshark reads pcap and pcapng, optionally gzip-compressed"
+            )
+        self._prime()
+
+    def _prime(self) -> None:
+        """Parse the file header now, so a cut or bogus header is an error, not a warning."""
+        try:
+            first = next(self._iter)
+        except StopIteration:
+            self._first: Packet | None = None
+            return
+        self._first = first
+
+    # -- public ------------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Packet]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            self.stats.packets += 1
+            yield first
+        stats = self.stats
+        for p in self._iter:
+            stats.packets += 1
+            yield p
+
+    def position(self) -> int:
+        """Bytes of the file consumed so far (compressed bytes for gzip), for progress bars."""
+        try:
+            return self._raw.tell()
+        except (OSError, ValueError):
+            return self.size
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            self._raw.close()
+
+    def __enter__(self) -> CaptureReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- formats -----------------------------------------------------------------------------
+
+    def _warn(self, msg: str) -> None:
+        self.stats.warnings.append(f"{self.path}: {msg}")
+
+    def _read_guard(self, n: int) -> bool:
+        """`need` that turns a corrupt gzip stream into a warning instead of an exception."""
+        try:
+            return self._src.need(n)
+        except (OSError, EOFError, zlib.error) as e:
+            self._warn(f"compressed data is corrupt after {self.stats.packets} packets ({e}); stopped there")
+            self._src.eof = True
+            self._src.buf = b""
+            self._src.pos = 0
+            return False
+
+    def _pcap(self) -> Iterator[Packet]:
+        src = self._src
+        if not self._read_guard(24):
+            raise CaptureError(f"{self.path}: pcap file header is cut short ({src.remaining()} of 24 bytes)")
+        endian, ns_per_tick = PCAP_MAGIC[src.buf[src.pos : src.pos + 4]]
+        _maj, _min, _tz, _sig, snaplen, network = struct.unpack_from(endian + "HHiIII", src.buf, src.pos + 4)
+        linktype = network & 0x0FFFFFFF
+        src.pos += 24
+        rec = struct.Struct(endian + "IIII")
+        unpack = rec.unpack_from
+        limit = max(snaplen, 262144) if snaplen else _MAX_RECORD
+        limit = min(limit, _MAX_RECORD)
+        sec_ns = 1_000_000_000
+        while True:
+            if not self._read_guard(16):
+                if src.remaining():
+                    self._warn(f"capture is cut short inside a record header after {self.stats.packets} packets")
+                return
+            sec, frac, incl, orig = unpack(src.buf, src.pos)
+            if incl > limit:
+                self._warn(
+                    f"corrupt record after {self.stats.packets} packets (captured length {incl} "
+                    f"exceeds the snap length {snaplen}); stopped reading there"
+                )
+                return
+            if not self._read_guard(16 + incl):
+                self._warn(
+                    f"capture is cut short inside packet {self.stats.packets + 1} "
+                    f"({src.remaining() - 16} of {incl} bytes); read up to the cut"
+                )
+                return
+            start = src.pos + 16
+            src.pos = start + incl
+            yield sec * sec_ns + frac * ns_per_tick, linktype, src.buf[start : src.pos], orig
+
+    def _pcapng(self) -> Iterator[Packet]:
+        src = self._src
+        endian = "<"
+        # per interface: (linktype, ns numerator, ns denominator) so ts_ns = ts * num // den
+        ifaces: list[tuple[int, int, int]] = []
+        first = True
+        while True:
+            if not self._read_guard(12):
+                if src.remaining():
+                    if first:
+                        raise CaptureError(f"{self.path}: pcapng section header is cut short")
+                    self._warn(f"capture is cut short inside a block header after {self.stats.packets} packets")
+                return
+            btype_raw = src.buf[src.pos : src.pos + 4]
+            if btype_raw == PCAPNG_SHB:
+                bom = src.buf[src.pos + 8 : src.pos + 12]
+                if bom == b"\x4d\x3c\x2b\x1a":
+                    endian = "<"
+                elif bom == b"\x1a\x2b\x3c\x4d":
+                    endian = ">"
+                else:
+                    msg = f"bad pcapng byte-order magic 0x{bom.hex()}"
+                    if first:
+                        raise CaptureError(f"{self.path}: {msg}; the file is corrupt")
+                    self._warn(f"{msg} after {self.stats.packets} packets; stopped reading there")
+                    return
+                ifaces = []
+            btype, blen = struct.unpack_from(endian + "II", src.buf, src.pos)
+            if blen < 12 or blen % 4 or blen > _MAX_RECORD:
+                msg = f"corrupt pcapng block (type 0x{btype:x}, length {blen})"
+                if first:
+                    raise CaptureError(f"{self.path}: {msg}; the file is corrupt")
+                self._warn(f"{msg} after {self.stats.packets} packets; stopped reading there")
+                return
+            if not self._read_guard(blen):
+                if first:
+                    raise CaptureError(f"{self.path}: pcapng section header is cut short")
+                self._warn(
+                    f"capture is cut short inside a block after {self.stats.packets} packets; read up to the cut"
+                )
+                return
+            first = False
+            b = src.buf
+            p = src.pos
+            src.pos = p + blen
+            body = p + 8
+            body_end = p + blen - 4
+            if btype == 6:  # Enhanced Packet Block
+                iid, hi, lo, caplen, orig = struct.unpack_from(endian + "IIIII", b, body)
+                if iid >= len(ifaces) or body + 20 + caplen > body_end:
+                    self._warn(f"packet block for unknown interface {iid} or bad length skipped")
+                    continue
+                lt, num, den = ifaces[iid]
+                yield ((hi << 32) | lo) * num // den, lt, b[body + 20 : body + 20 + caplen], orig
+            elif btype == 1:  # Interface Description Block
+                lt = struct.unpack_from(endian + "H", b, body)[0]
+                num, den = 1000, 1  # default resolution: microseconds
+                for code, val in _options(b, body + 8, body_end, endian):
+                    if code == 9 and val:  # if_tsresol
+                        r = val[0]
+                        if r & 0x80:
+                            num, den = 1_000_000_000, 1 << (r & 0x7F)
+                        else:
+                            e = r & 0x7F
+                            num, den = (10 ** (9 - e), 1) if e <= 9 else (1, 10 ** (e - 9))
+                ifaces.append((lt, num, den))
+            elif btype == 3:  # Simple Packet Block: no timestamp, interface 0
+                if not ifaces:
+                    continue
+                orig = struct.unpack_from(endian + "I", b, body)[0]
+                caplen = min(orig, body_end - body - 4)
+                yield 0, ifaces[0][0], b[body + 4 : body + 4 + caplen], orig
+            elif btype == 2:  # obsolete Packet Block
+                iid, _drops, hi, lo, caplen, orig = struct.unpack_from(endian + "HHIIII", b, body)
+                if iid >= len(ifaces) or body + 20 + caplen > body_end:
+                    continue
+                lt, num, den = ifaces[iid]
+                yield ((hi << 32) | lo) * num // den, lt, b[body + 20 : body + 20 + caplen], orig
+            # every other block type (statistics, name resolution, custom…) carries no packets
+
+
+def _options(b: bytes, p: int, end: int, endian: str) -> Iterator[tuple[int, bytes]]:
+    """The (code, value) options of a pcapng block, stopping at opt_endofopt or a bad length."""
+    while p + 4 <= end:
+        code, ln = struct.unpack_from(endian + "HH", b, p)
+        if code == 0:
+            return
+        p += 4
+        if p + ln > end:
+            return
+        yield code, b[p : p + ln]
+        p += (ln + 3) & ~3
+
+
+def read_packets(path: str | os.PathLike[str]) -> Iterator[Packet]:
+    """Convenience: iterate the packets of a file (warnings are dropped; use CaptureReader to see them)."""
+    with CaptureReader(path) as r:
+        yield from r
+
+
+def sniff_bytes(data: bytes) -> str | None:
+    """The format of a capture held in memory ("pcap", "pcapng", "gzip"), or None."""
+    if data[:2] == GZIP_MAGIC:
+        return "gzip"
+    if data[:4] in PCAP_MAGIC:
+        return "pcap"
+    if data[:4] == PCAPNG_SHB:
+        return "pcapng"
+    return None
+
+
+__all__ = ["CaptureError", "CaptureReader", "Packet", "ReadStats", "read_packets", "sniff_bytes"]

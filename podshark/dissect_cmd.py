@@ -1,0 +1,152 @@
+"""`podshark dissect FILE`: a capture's calls as a table, or as JSON lines with --json."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+import time
+from typing import TextIO
+
+from dissect.base import Limits
+from dissect.engine import Engine, file_source_id
+from dissect.model import Call
+from dissect.pcapio import CaptureError, CaptureReader
+from podshark.progress import Progress
+
+EXIT_INPUT = 2
+PROGRESS_MIN_BYTES = 8 << 20
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        reader = CaptureReader(args.file)
+    except CaptureError as e:
+        print(f"podshark: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+    limits = Limits()
+    if args.max_body is not None:
+        limits.max_body = args.max_body
+    engine = Engine(file_source_id(args.file), limits)
+    show = args.progress == "always" or (
+        args.progress == "auto" and reader.size >= PROGRESS_MIN_BYTES and sys.stderr.isatty()
+    )
+    progress = Progress(reader.size, os.path.basename(args.file), enabled=show)
+    out = sys.stdout
+    writer = JsonWriter(out, bodies=not args.no_bodies) if args.json else TableWriter(out)
+    started = time.monotonic()
+    try:
+        n = 0
+        for call in engine.run(reader):
+            writer.write(call)
+            n += 1
+            if show and not n & 255:
+                progress.update(reader.position(), engine.packets, n)
+        writer.close()
+        out.flush()
+    except BrokenPipeError:
+        # `podshark dissect big.pcap | head`: the reader went away; that is not an error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    finally:
+        progress.close()
+        reader.close()
+    for w in reader.stats.warnings:
+        print(f"podshark: warning: {w}", file=sys.stderr)
+    if sys.stderr.isatty() or args.progress == "always":
+        took = time.monotonic() - started
+        print(
+            f"{engine.calls:,} calls from {engine.packets:,} packets in {took:.2f}s",
+            file=sys.stderr,
+        )
+    return 0
+
+
+class JsonWriter:
+    """JSON lines, written in batches (one write per few hundred calls, not per call)."""
+
+    def __init__(self, out: TextIO, bodies: bool = True) -> None:
+        self.out = out
+        self.bodies = bodies
+        self.buf: list[str] = []
+
+    def write(self, call: Call) -> None:
+        self.buf.append(call.to_json(self.bodies))
+        if len(self.buf) >= 512:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buf:
+            self.out.write("\n".join(self.buf) + "\n")
+            self.buf.clear()
+
+    def close(self) -> None:
+        self.flush()
+
+
+def fmt_time(ts: int | None) -> str:
+    if ts is None:
+        return "-"
+    t = dt.datetime.fromtimestamp(ts / 1e9, tz=dt.UTC)
+    return t.strftime("%H:%M:%S.") + f"{(ts // 1_000_000) % 1000:03d}"
+
+
+def fmt_latency(ns: int | None) -> str:
+    if ns is None:
+        return "-"
+    if ns < 1_000_000:
+        return f"{ns / 1000:.0f}µs"
+    if ns < 1_000_000_000:
+        return f"{ns / 1e6:.1f}ms"
+    return f"{ns / 1e9:.2f}s"
+
+
+def fmt_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    if n < 1024:
+        return f"{n}B"
+    if n < 1 << 20:
+        return f"{n / 1024:.1f}K"
+    return f"{n / (1 << 20):.1f}M"
+
+
+class TableWriter:
+    """A readable, aligned table: one call per line, the date once per day in a heading."""
+
+    HEAD = (
+        f"{'TIME':<12} {'PROTO':<6} {'METHOD':<8} {'TARGET':<40} {'STATUS':>6} {'LATENCY':>8} "
+        f"{'SIZE':>7}  {'CLIENT -> SERVER':<44} FLAGS"
+    )
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.day: str | None = None
+        self.lines: list[str] = [self.HEAD]
+
+    def write(self, call: Call) -> None:
+        ts = call.ts
+        day = dt.datetime.fromtimestamp(ts / 1e9, tz=dt.UTC).strftime("%Y-%m-%d UTC")
+        if day != self.day:
+            self.day = day
+            self.lines.append(f"# {day}")
+        size = call.response.body_size if call.response is not None else None
+        peers = f"{call.src.address()} -> {call.dst.address()}"
+        status = "-" if call.status is None else str(call.status)
+        target = (call.target or "-").replace("\n", "\\n")
+        self.lines.append(
+            f"{fmt_time(ts):<12} {call.protocol:<6} {call.method or '-':<8} {target:<40} {status:>6} "
+            f"{fmt_latency(call.latency_ns):>8} {fmt_size(size):>7}  {peers:<44} {','.join(call.flags)}"
+        )
+        if len(self.lines) >= 256:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.lines:
+            self.out.write("\n".join(self.lines) + "\n")
+            self.lines.clear()
+
+    def close(self) -> None:
+        self.flush()
