@@ -182,7 +182,7 @@ class Engine:
     def _emit(self, call: Call) -> None:
         self._calls += 1
         call.id = self._call_id(self._calls)
-        self.out.append(call)
+        self.out.append(call.finish())
 
     @property
     def calls(self) -> int:

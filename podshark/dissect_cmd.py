@@ -68,19 +68,25 @@ class JsonWriter:
     """JSON lines, written in batches (one write per few hundred calls, not per call)."""
 
     def __init__(self, out: TextIO, bodies: bool = True) -> None:
-        self.out = out
+        self.out = out.buffer if hasattr(out, "buffer") else None
+        self.text = out
         self.bodies = bodies
-        self.buf: list[str] = []
+        self.buf: list[bytes] = []
 
     def write(self, call: Call) -> None:
-        self.buf.append(call.to_json(self.bodies))
+        self.buf.append(call.to_json_bytes(self.bodies))
         if len(self.buf) >= 512:
             self.flush()
 
     def flush(self) -> None:
         if self.buf:
-            self.out.write("\n".join(self.buf) + "\n")
+            data = b"\n".join(self.buf) + b"\n"
             self.buf.clear()
+            if self.out is not None:
+                self.text.flush()
+                self.out.write(data)
+            else:
+                self.text.write(data.decode())
 
     def close(self) -> None:
         self.flush()

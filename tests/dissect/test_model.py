@@ -46,6 +46,7 @@ def test_design_example_round_trips_exactly() -> None:
     assert call.request is not None and call.request.header("content-type") == "application/json"
     out = call.to_dict()
     expected = dict(DESIGN_EXAMPLE, flow_id=None)
+    assert call.finish().latency_ns == 45_000_000
     assert out == expected
     assert json.loads(call.to_json()) == expected
 
@@ -67,17 +68,39 @@ def test_response_missing_shape() -> None:
 
 
 def test_unknown_schema_version_is_refused_with_a_clear_message() -> None:
-    try:
-        Call.from_dict(dict(DESIGN_EXAMPLE, v=99))
-    except ValueError as e:
-        assert "schema version 99" in str(e)
-    else:
-        raise AssertionError("a record of another schema version must not be read silently")
+    for read in (Call.from_dict, lambda d: Call.from_json(json.dumps(d))):
+        try:
+            read(dict(DESIGN_EXAMPLE, v=99))
+        except ValueError as e:
+            assert "schema version 99" in str(e)
+        else:
+            raise AssertionError("a record of another schema version must not be read silently")
+
+
+def test_malformed_records_are_refused_with_a_clear_message() -> None:
+    bad = [
+        b"{not json",
+        json.dumps(dict(DESIGN_EXAMPLE, status="two hundred")).encode(),
+        json.dumps({k: v for k, v in DESIGN_EXAMPLE.items() if k != "protocol"}).encode(),
+        json.dumps(dict(DESIGN_EXAMPLE, request={"headers": "Host: x"})).encode(),
+    ]
+    for raw in bad:
+        try:
+            Call.from_json(raw)
+        except ValueError as e:
+            assert str(e)
+        else:
+            raise AssertionError(f"accepted {raw[:60]!r}")
 
 
 def test_bodies_can_be_left_out() -> None:
     d = Call.from_dict(DESIGN_EXAMPLE).to_dict(bodies=False)
     assert "body" not in d["request"] and d["request"]["body_size"] == 24
+    j = json.loads(Call.from_dict(DESIGN_EXAMPLE).to_json(bodies=False))
+    expected = dict(DESIGN_EXAMPLE, flow_id=None)
+    for side in ("request", "response"):
+        expected[side] = {k: v for k, v in DESIGN_EXAMPLE[side].items() if k != "body"}  # type: ignore[union-attr]
+    assert j == expected
 
 
 texts = st.text(max_size=20)
@@ -114,7 +137,9 @@ calls = st.builds(
     status=st.none() | st.integers(-(2**31), 2**31),
     request=st.none() | messages,
     response=st.none() | messages,
-    info=st.dictionaries(texts, st.integers() | texts | st.lists(st.integers(), max_size=3), max_size=3),
+    info=st.dictionaries(
+        texts, st.integers(-(2**63), 2**63 - 1) | texts | st.lists(st.integers(0, 2**32), max_size=3), max_size=3
+    ),
     flags=st.lists(st.sampled_from(Flag.ALL), unique=True),
     flow_id=st.none() | texts,
 )
