@@ -1,0 +1,126 @@
+"""The engine on real frames: ids, connection lifetime, bounds, and hostile input."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dissect.base import Limits
+from dissect.engine import Engine, dissect_path, file_source_id
+from dissect.model import Call, Flag
+from tests.conftest import FIXTURES
+from tests.frames import SYN, Conversation, tcp_frame
+
+S = 1_000_000_000
+REQ = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def run(frames: list[tuple[int, bytes]], limits: Limits | None = None) -> tuple[Engine, list[Call]]:
+    e = Engine("test", limits)
+    return e, list(e.run((ts, 1, f, len(f)) for ts, f in frames))
+
+
+def test_ids_are_the_file_hash_and_a_sortable_index() -> None:
+    path = FIXTURES / "http1__zeek_pipelined-requests.pcap"
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    assert file_source_id(path) == sha
+    calls = list(dissect_path(path))
+    assert calls and all(c.id.startswith(sha + "/") for c in calls)
+    ids = [c.id for c in calls]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert [c.id for c in dissect_path(path)] == ids  # the same file gives the same ids
+    assert all(c.flow_id and c.flow_id.startswith(sha + "/") for c in calls)
+
+
+def test_a_simple_exchange_and_latency() -> None:
+    c = Conversation("10.0.0.1", 40000, "10.0.0.2", 80)
+    frames = [(i, f) for i, f in enumerate(c.handshake())]
+    frames += [(10 * S, c.send(0, REQ)), (10 * S + 5_000_000, c.send(1, RESP))]
+    _, calls = run(frames)
+    assert len(calls) == 1
+    call = calls[0]
+    assert (call.method, call.target, call.status) == ("GET", "/a", 200)
+    assert call.latency_ns == 5_000_000
+    assert (call.src.ip, call.src.port, call.dst.ip, call.dst.port) == ("10.0.0.1", 40000, "10.0.0.2", 80)
+    assert Flag.MID_STREAM not in call.flags
+
+
+def test_idle_connection_is_closed_before_the_end_of_input() -> None:
+    """A request that never gets an answer comes out once its connection has been idle long enough."""
+    lim = Limits(idle_timeout_ns=60 * S)
+    c = Conversation("10.0.0.1", 40000, "10.0.0.2", 80)
+    frames = [(i, f) for i, f in enumerate(c.handshake())] + [(1 * S, c.send(0, REQ))]
+    # then 20k packets of another, busy connection over the next 5 minutes
+    other = Conversation("10.0.0.3", 40001, "10.0.0.4", 80)
+    frames += [(2 * S + i, f) for i, f in enumerate(other.handshake())]
+    for i in range(10_000):
+        ts = 2 * S + i * 30_000_000
+        frames += [(ts, other.send(0, REQ)), (ts + 1000, other.send(1, RESP))]
+    e = Engine("test", lim)
+    seen_at = None
+    for n, call in enumerate(e.run((ts, 1, f, len(f)) for ts, f in frames)):
+        if call.src.port == 40000:
+            seen_at = e.packets
+            assert Flag.RESPONSE_MISSING in call.flags and call.response is None
+            assert n < 10_000
+    assert seen_at is not None and seen_at < len(frames)
+
+
+def test_connection_table_is_bounded() -> None:
+    lim = Limits(max_connections=100)
+    e = Engine("test", lim)
+    for i in range(1000):
+        f = tcp_frame("10.0.0.1", 1024 + i, "10.0.0.2", 80, 5, 0, SYN)
+        e.packet(i, 1, f)
+        assert len(e.conns) <= 100
+    e.finish()
+
+
+def test_port_reuse_with_a_new_syn_is_a_new_connection() -> None:
+    frames: list[tuple[int, bytes]] = []
+    for k, isn in enumerate((1000, 500_000)):
+        c = Conversation("10.0.0.1", 40000, "10.0.0.2", 80, isn_c=isn, isn_s=isn + 7)
+        base = k * 100 * S
+        frames += [(base + i, f) for i, f in enumerate(c.handshake())]
+        frames += [(base + 10, c.send(0, REQ)), (base + 20, c.send(1, RESP)), (base + 30, c.fin(0))]
+        frames += [(base + 40, c.fin(1))]
+    _, calls = run(frames)
+    assert [(c.status, c.flags) for c in calls] == [(200, []), (200, [])]
+    assert calls[0].flow_id != calls[1].flow_id
+
+
+def test_capture_starting_mid_connection() -> None:
+    c = Conversation("10.0.0.1", 40000, "10.0.0.2", 80)
+    c.handshake()  # happened before the capture started
+    frames = [(1, c.send(1, b"tail of an earlier body")), (2, c.send(0, REQ)), (3, c.send(1, RESP))]
+    _, calls = run(frames)
+    assert [(x.method, x.target, x.status) for x in calls] == [("GET", "/a", 200)]
+
+
+@given(st.lists(st.binary(max_size=200), max_size=60), st.integers(0, 2**32))
+def test_random_frames_never_raise(frames: list[bytes], seed: int) -> None:
+    rnd = random.Random(seed)
+    e = Engine("fuzz", Limits(max_ooo_bytes=4096, max_connections=16))
+    for i, f in enumerate(frames):
+        e.packet(i, rnd.choice([1, 101, 113, 276, 0, 12]), f)
+        assert e.buffered_bytes() <= 16 * 2 * (4096 + 1500)
+    e.finish()
+
+
+@given(st.data())
+def test_mutated_real_frames_never_raise(data: st.DataObject) -> None:
+    c = Conversation("10.0.0.1", 40000, "10.0.0.2", 80)
+    frames = [*c.handshake(), c.send(0, REQ), c.send(1, RESP), c.send(0, REQ), c.send(1, RESP)]
+    e = Engine("fuzz")
+    for i, f in enumerate(frames):
+        b = bytearray(f)
+        for _ in range(data.draw(st.integers(0, 4))):
+            pos = data.draw(st.integers(0, len(b) - 1))
+            b[pos] = data.draw(st.integers(0, 255))
+        cut = data.draw(st.integers(0, len(b)))
+        e.packet(i, 1, bytes(b[:cut]) if data.draw(st.booleans()) else bytes(b))
+    e.finish()
