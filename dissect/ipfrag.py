@@ -15,14 +15,49 @@ MAX_IN_PROGRESS = 4096
 TIMEOUT_NS = 30 * 1_000_000_000
 
 
+MAX_PARTS = 8192  # fragments accepted per datagram (64 KiB in 8-byte pieces)
+
+
 class _Datagram:
-    __slots__ = ("first_ts", "parts", "size", "total")
+    """One datagram in progress: the bytes so far and which ranges of it they cover."""
+
+    __slots__ = ("buf", "covered", "first_ts", "parts", "total")
 
     def __init__(self, ts: int) -> None:
-        self.parts: dict[int, bytes] = {}
+        self.buf = bytearray()
+        self.covered: list[list[int]] = []  # sorted, disjoint [start, end) ranges already filled
         self.total = -1  # known once the last fragment (MF clear) arrives
-        self.size = 0
+        self.parts = 0
         self.first_ts = ts
+
+    def fill(self, offset: int, data: bytes) -> None:
+        """Copy ``data`` at ``offset`` into the bytes not covered yet: the first copy of a byte wins."""
+        end = offset + len(data)
+        if len(self.buf) < end:
+            self.buf.extend(bytes(end - len(self.buf)))
+        pos = offset
+        for a, b in self.covered:
+            if b <= pos:
+                continue
+            if a >= end:
+                break
+            if a > pos:
+                self.buf[pos:a] = data[pos - offset : a - offset]
+            pos = max(pos, b)
+            if pos >= end:
+                break
+        if pos < end:
+            self.buf[pos:end] = data[pos - offset :]
+        merged: list[list[int]] = []
+        for a, b in sorted([*self.covered, [offset, end]]):
+            if merged and a <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], b)
+            else:
+                merged.append([a, b])
+        self.covered = merged
+
+    def complete(self) -> bool:
+        return self.total >= 0 and len(self.covered) == 1 and self.covered[0] == [0, self.total]
 
 
 class Fragments:
@@ -39,38 +74,32 @@ class Fragments:
 
     def add(self, key: Hashable, offset: int, more: bool, data: bytes, ts: int) -> bytes | None:
         d = self._dgrams.get(key)
+        if d is not None and ts - d.first_ts > self.timeout_ns:
+            del self._dgrams[key]  # a stale datagram must not be completed by a reused IP id
+            self.dropped += 1
+            d = None
         if d is None:
             if len(self._dgrams) >= self.max_in_progress:
                 self._expire(ts, force=True)
             d = self._dgrams[key] = _Datagram(ts)
         end = offset + len(data)
-        if end > MAX_DATAGRAM:
+        d.parts += 1
+        if end > MAX_DATAGRAM or d.parts > MAX_PARTS or (d.total >= 0 and end > d.total):
             del self._dgrams[key]
             self.dropped += 1
             return None
         if not more:
-            d.total = end
-        if offset not in d.parts:
-            d.parts[offset] = data
-            d.size += len(data)
-            if d.size > 2 * MAX_DATAGRAM:  # overlap flood: more bytes than any datagram can hold
-                del self._dgrams[key]
+            if d.covered and d.covered[-1][1] > end:
+                del self._dgrams[key]  # bytes already seen beyond the claimed end: inconsistent
                 self.dropped += 1
                 return None
-        if d.total < 0 or d.size < d.total:
-            return None
-        # every byte may be present: stitch in offset order, first copy of an overlap wins
-        out = bytearray()
-        for off in sorted(d.parts):
-            part = d.parts[off]
-            if off > len(out):
-                return None  # a hole remains (sizes added up only because of overlaps)
-            if off + len(part) > len(out):
-                out += part[len(out) - off :]
-        if len(out) < d.total:
+            d.total = end
+        if data:
+            d.fill(offset, data)
+        if not d.complete():
             return None
         del self._dgrams[key]
-        return bytes(out[: d.total])
+        return bytes(d.buf[: d.total])
 
     def _expire(self, now: int, force: bool = False) -> None:
         """Drop datagrams older than the timeout; when ``force``, also the oldest quarter."""

@@ -144,7 +144,14 @@ def decode(linktype: int, f: bytes, frags: Fragments, ts: int) -> L4 | None:
             whole = frags.add(key, offword & 0xFFF8, bool(offword & 1), f[p + 8 : end], ts)
             if whole is None:
                 return None
-            return nh2, src, dst, whole, 0, len(whole), 0
+            q = 0  # extension headers may also follow the fragment header (RFC 8200 §4.1)
+            while nh2 in _V6_EXT:
+                if q + 2 > len(whole):
+                    return None
+                nh2, q = whole[q], q + ((whole[q + 1] + 1) << 3)
+            if q > len(whole):
+                return None
+            return nh2, src, dst, whole, q, len(whole), 0
         if p > end:
             return None
         return nh, src, dst, f, p, end, missing

@@ -22,6 +22,8 @@ from typing import BinaryIO
 Packet = tuple[int, int, bytes, int]
 
 _CHUNK = 1 << 20
+_GZ_PIECE = 64 << 10
+_MAX_WARNINGS = 20
 _MAX_RECORD = 1 << 26  # 64 MiB: larger "records" mean the file is corrupt, not a jumbo frame
 
 PCAP_MAGIC = {
@@ -31,6 +33,7 @@ PCAP_MAGIC = {
     b"\xa1\xb2\x3c\x4d": (">", 1),
 }
 PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
+_MIN_BLOCK = {6: 32, 2: 32, 3: 16, 1: 20, 0x0A0D0D0A: 28}  # smallest valid length per block type
 GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -49,26 +52,43 @@ class ReadStats:
 class _Source:
     """A sliding window over a binary stream: `need(n)` makes n bytes available at `pos`."""
 
-    __slots__ = ("buf", "eof", "f", "pos")
+    __slots__ = ("_compressed", "_read", "buf", "eof", "f", "pos")
 
-    def __init__(self, f: BinaryIO, head: bytes) -> None:
+    def __init__(self, f: BinaryIO, head: bytes, compressed: bool) -> None:
         self.f = f
+        # gzip: read1 in modest pieces, because when a gzip stream ends early GzipFile raises and
+        # throws away what it decompressed in that call; each call must carry little
+        self._read = f.read1 if compressed else f.read  # type: ignore[attr-defined]
+        self._compressed = compressed
         self.buf = head
         self.pos = 0
         self.eof = False
 
     def need(self, n: int) -> bool:
-        """True when ``n`` bytes are available from ``pos``; False only at end of input."""
-        while len(self.buf) - self.pos < n:
-            if self.eof:
-                return False
-            chunk = self.f.read(max(_CHUNK, n))
-            if not chunk:
-                self.eof = True
-                return False
-            self.buf = self.buf[self.pos :] + chunk
+        """True when ``n`` bytes are available from ``pos``; False only at end of input.
+
+        Refills to at least 1 MiB at a time with one join, so the copy cost per byte stays constant.
+        Data read before an exception (a cut gzip stream) is kept in the buffer.
+        """
+        if len(self.buf) - self.pos >= n:
+            return True
+        if self.eof:
+            return False
+        pieces = [self.buf[self.pos :]]
+        have = len(pieces[0])
+        want = max(n, _CHUNK)
+        try:
+            while have < want:
+                chunk = self._read(_GZ_PIECE if self._compressed else want - have)
+                if not chunk:
+                    self.eof = True
+                    break
+                pieces.append(chunk)
+                have += len(chunk)
+        finally:
+            self.buf = b"".join(pieces)
             self.pos = 0
-        return True
+        return have >= n
 
     def remaining(self) -> int:
         return len(self.buf) - self.pos
@@ -110,7 +130,7 @@ class CaptureReader:
                 raw.close()
                 raise CaptureError(f"{self.path}: gzip data is corrupt ({e})") from None
         self._stream = stream
-        self._src = _Source(stream, head)
+        self._src = _Source(stream, head, self.compressed)
         if len(head) < 4:
             self.close()
             raise CaptureError(f"{self.path}: file is too short ({len(head)} bytes) to be a capture")
@@ -171,13 +191,22 @@ class CaptureReader:
     # -- formats -----------------------------------------------------------------------------
 
     def _warn(self, msg: str) -> None:
-        self.stats.warnings.append(f"{self.path}: {msg}")
+        """Record a warning; a hostile file full of bad blocks gets a count, not a flood."""
+        w = self.stats.warnings
+        if len(w) < _MAX_WARNINGS:
+            w.append(f"{self.path}: {msg}")
+        elif len(w) == _MAX_WARNINGS:
+            w.append(f"{self.path}: more warnings were suppressed")
 
     def _read_guard(self, n: int) -> bool:
         """`need` that turns a corrupt gzip stream into a warning instead of an exception."""
         try:
             return self._src.need(n)
-        except (OSError, EOFError, zlib.error) as e:
+        except EOFError:
+            self._warn(f"compressed capture is cut short after {self.stats.packets} packets; read up to the cut")
+            self._src.eof = True
+            return self._src.remaining() >= n
+        except (OSError, zlib.error) as e:
             self._warn(f"compressed data is corrupt after {self.stats.packets} packets ({e}); stopped there")
             self._src.eof = True
             self._src.buf = b""
@@ -222,8 +251,8 @@ class CaptureReader:
     def _pcapng(self) -> Iterator[Packet]:
         src = self._src
         endian = "<"
-        # per interface: (linktype, ns numerator, ns denominator) so ts_ns = ts * num // den
-        ifaces: list[tuple[int, int, int]] = []
+        # per interface: (linktype, ns numerator, ns denominator, offset ns): ts_ns = ts * num // den + off
+        ifaces: list[tuple[int, int, int, int]] = []
         first = True
         while True:
             if not self._read_guard(12):
@@ -266,17 +295,23 @@ class CaptureReader:
             src.pos = p + blen
             body = p + 8
             body_end = p + blen - 4
+            if blen < _MIN_BLOCK.get(btype, 12):
+                self._warn(f"pcapng block of type {btype} is too short ({blen} bytes); skipped")
+                continue
             if btype == 6:  # Enhanced Packet Block
                 iid, hi, lo, caplen, orig = struct.unpack_from(endian + "IIIII", b, body)
                 if iid >= len(ifaces) or body + 20 + caplen > body_end:
                     self._warn(f"packet block for unknown interface {iid} or bad length skipped")
                     continue
-                lt, num, den = ifaces[iid]
-                yield ((hi << 32) | lo) * num // den, lt, b[body + 20 : body + 20 + caplen], orig
+                lt, num, den, tsoff = ifaces[iid]
+                yield ((hi << 32) | lo) * num // den + tsoff, lt, b[body + 20 : body + 20 + caplen], orig
             elif btype == 1:  # Interface Description Block
                 lt = struct.unpack_from(endian + "H", b, body)[0]
                 num, den = 1000, 1  # default resolution: microseconds
+                tsoff = 0
                 for code, val in _options(b, body + 8, body_end, endian):
+                    if code == 14 and len(val) == 8:  # if_tsoffset: seconds to add to every timestamp
+                        tsoff = struct.unpack(endian + "q", val)[0] * 1_000_000_000
                     if code == 9 and val:  # if_tsresol
                         r = val[0]
                         if r & 0x80:
@@ -284,7 +319,7 @@ class CaptureReader:
                         else:
                             e = r & 0x7F
                             num, den = (10 ** (9 - e), 1) if e <= 9 else (1, 10 ** (e - 9))
-                ifaces.append((lt, num, den))
+                ifaces.append((lt, num, den, tsoff))
             elif btype == 3:  # Simple Packet Block: no timestamp, interface 0
                 if not ifaces:
                     continue
@@ -295,8 +330,8 @@ class CaptureReader:
                 iid, _drops, hi, lo, caplen, orig = struct.unpack_from(endian + "HHIIII", b, body)
                 if iid >= len(ifaces) or body + 20 + caplen > body_end:
                     continue
-                lt, num, den = ifaces[iid]
-                yield ((hi << 32) | lo) * num // den, lt, b[body + 20 : body + 20 + caplen], orig
+                lt, num, den, tsoff = ifaces[iid]
+                yield ((hi << 32) | lo) * num // den + tsoff, lt, b[body + 20 : body + 20 + caplen], orig
             # every other block type (statistics, name resolution, custom…) carries no packets
 
 

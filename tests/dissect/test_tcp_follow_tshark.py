@@ -123,7 +123,9 @@ CAPTURES = sorted(p for p in FIXTURES.glob("*.pcap*") if not p.name.endswith(".t
 def test_reassembled_streams_match_tshark_follow(path: Path) -> None:
     mine = ours(path)
     ref = theirs(path)
-    assert ref, "tshark found no TCP payload: the fixture is not a TCP capture"
+    if not ref:  # a capture without TCP payload (fragmented DNS over UDP): we must find none either
+        assert not mine
+        return
     for key, (t0, t1) in ref.items():
         # our direction 0 is the SYN sender or the first talker, like tshark's node 0
         if key in mine:
