@@ -6,8 +6,8 @@ analyzer about the bytes, and on the first YES creates that analyzer's dissector
 record into it. Ports are only a hint: an HTTP server on 9092 is still HTTP.
 
 A connection whose handshake was seen must declare itself in its first bytes, so an analyzer that
-says NO then is out. One that started before the capture may show its first message boundary
-later, so analyzers keep looking until the window is full.
+says NO to the first bytes of both sides is out. One that started before the capture may show its
+first message boundary later, so analyzers keep looking until the window is full.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class Detecting:
         "events",
         "full",
         "maybe",
+        "no",
         "on_decided",
         "port_hint",
         "rejected",
@@ -79,6 +80,7 @@ class Detecting:
         self.full = [False, False]
         self.events: list[_Event] = []
         self.rejected: set[str] = set()
+        self.no: dict[str, set[int]] = {}  # analyzer -> directions whose clean start it refused
         self.maybe: Analyzer | None = None  # the first analyzer that asked for more bytes
         # a direction starts clean when its first bytes arrived in order after a seen handshake:
         # then they must be a message start, and an analyzer that says NO to them is out
@@ -126,7 +128,12 @@ class Detecting:
                 self._decide(a)
                 return
             if v == Verdict.NO and clean:
-                self.rejected.add(a.name)
+                # Out only when both sides opened with something else: a client's broken first
+                # line may still be answered by a server that speaks the protocol plainly.
+                said_no = self.no.setdefault(a.name, set())
+                said_no.add(direction)
+                if len(said_no) == 2:
+                    self.rejected.add(a.name)
             elif v == Verdict.MORE and self.maybe is None:
                 self.maybe = a
         # A full window without a YES is as much as we look at: memory stays bounded.

@@ -199,8 +199,8 @@ class Call(msgspec.Struct, kw_only=True):
         return _ENCODER.encode(
             msgspec.structs.replace(
                 self,
-                request=_summary(self.request),  # type: ignore[arg-type]
-                response=_summary(self.response),  # type: ignore[arg-type]
+                request=_summary(self.request),
+                response=_summary(self.response),
             )
         )
 
@@ -247,7 +247,7 @@ def _summary(m: Message | None) -> _MessageSummary | None:
 
 
 def _plain(obj: msgspec.Struct) -> dict[str, Any]:
-    return msgspec.json.decode(_ENCODER.encode(obj))  # type: ignore[no-any-return]
+    return msgspec.json.decode(_ENCODER.encode(obj))
 
 
 def _check_version(v: object) -> None:

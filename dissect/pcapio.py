@@ -203,7 +203,9 @@ class CaptureReader:
         try:
             return self._src.need(n)
         except EOFError:
-            self._warn(f"compressed capture is cut short after {self.stats.packets} packets; read up to the cut")
+            self._warn(
+                f"compressed capture is cut short after {self.stats.packets} packets; read up to the cut"
+            )
             self._src.eof = True
             return self._src.remaining() >= n
         except (OSError, zlib.error) as e:
@@ -229,7 +231,9 @@ class CaptureReader:
         while True:
             if not self._read_guard(16):
                 if src.remaining():
-                    self._warn(f"capture is cut short inside a record header after {self.stats.packets} packets")
+                    self._warn(
+                        f"capture is cut short inside a record header after {self.stats.packets} packets"
+                    )
                 return
             sec, frac, incl, orig = unpack(src.buf, src.pos)
             if incl > limit:
@@ -259,7 +263,9 @@ class CaptureReader:
                 if src.remaining():
                     if first:
                         raise CaptureError(f"{self.path}: pcapng section header is cut short")
-                    self._warn(f"capture is cut short inside a block header after {self.stats.packets} packets")
+                    self._warn(
+                        f"capture is cut short inside a block header after {self.stats.packets} packets"
+                    )
                 return
             btype_raw = src.buf[src.pos : src.pos + 4]
             if btype_raw == PCAPNG_SHB:
@@ -286,7 +292,8 @@ class CaptureReader:
                 if first:
                     raise CaptureError(f"{self.path}: pcapng section header is cut short")
                 self._warn(
-                    f"capture is cut short inside a block after {self.stats.packets} packets; read up to the cut"
+                    f"capture is cut short inside a block after {self.stats.packets} packets; "
+                    "read up to the cut"
                 )
                 return
             first = False

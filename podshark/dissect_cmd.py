@@ -37,10 +37,8 @@ def run(args: argparse.Namespace) -> int:
     writer = JsonWriter(out, bodies=not args.no_bodies) if args.json else TableWriter(out)
     started = time.monotonic()
     try:
-        n = 0
-        for call in engine.run(reader):
+        for n, call in enumerate(engine.run(reader), 1):
             writer.write(call)
-            n += 1
             if show and not n & 255:
                 progress.update(reader.position(), engine.packets, n)
         writer.close()

@@ -22,7 +22,9 @@ def tcp_frame(
 class Conversation:
     """One TCP connection whose frames are generated in order, tracking sequence numbers."""
 
-    def __init__(self, client: str, cport: int, server: str, sport: int, isn_c: int = 1000, isn_s: int = 9000):
+    def __init__(
+        self, client: str, cport: int, server: str, sport: int, isn_c: int = 1000, isn_s: int = 9000
+    ):
         self.c = (client, cport)
         self.s = (server, sport)
         self.seq = [isn_c, isn_s]

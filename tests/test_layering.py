@@ -70,7 +70,9 @@ def test_dissect_stays_sans_io() -> None:
 def test_front_door_imports_stages_lazily() -> None:
     for name in ("__init__.py", "cli.py"):
         eager = imports(REPO / "podshark" / name, top_level_only=True) & TOP_LEVEL_LIGHT
-        assert not eager, f"podshark/{name} imports {sorted(eager)} at module level; import inside the command"
+        assert not eager, (
+            f"podshark/{name} imports {sorted(eager)} at module level; import inside the command"
+        )
 
 
 def test_the_checker_sees_a_violation(tmp_path: Path) -> None:

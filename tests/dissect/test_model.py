@@ -31,7 +31,8 @@ DESIGN_EXAMPLE = {
     "target": "/v1/orders?x=1",
     "status": 201,
     "request": {"headers": [["Host", "api"], ["Content-Type", "application/json"]], "trailers": [],
-                "body_size": 24, "wire_size": 24, "body": "eyJza3UiOiAiYWJjIiwgInF0eSI6IDF9", "truncated": False},
+                "body_size": 24, "wire_size": 24,
+                "body": "eyJza3UiOiAiYWJjIiwgInF0eSI6IDF9", "truncated": False},
     "response": {"headers": [["Content-Type", "application/json"], ["Content-Encoding", "gzip"]],
                  "trailers": [], "body_size": 17, "wire_size": 37, "body": "eyJpZCI6IDQyfQ==",
                  "truncated": False},
@@ -138,7 +139,9 @@ calls = st.builds(
     request=st.none() | messages,
     response=st.none() | messages,
     info=st.dictionaries(
-        texts, st.integers(-(2**63), 2**63 - 1) | texts | st.lists(st.integers(0, 2**32), max_size=3), max_size=3
+        texts,
+        st.integers(-(2**63), 2**63 - 1) | texts | st.lists(st.integers(0, 2**32), max_size=3),
+        max_size=3,
     ),
     flags=st.lists(st.sampled_from(Flag.ALL), unique=True),
     flow_id=st.none() | texts,

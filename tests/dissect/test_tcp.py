@@ -211,7 +211,7 @@ def test_any_order_and_duplication_rebuilds_the_stream(data: bytes, isn: int, se
 def test_losses_become_gaps_of_the_right_size_and_memory_stays_bounded(
     data: bytes, seed: int, loss: float, max_ooo: int
 ) -> None:
-    """Whatever is lost or reordered: delivered bytes sit at their true offsets, and held bytes stay bounded."""
+    """Whatever is lost or reordered: delivered bytes sit at their true offsets; held bytes stay bounded."""
     rnd = random.Random(seed)
     segs = []
     i = 0

@@ -2,8 +2,8 @@
 
 For every TCP connection in every fixture capture, the bytes our engine delivers in each direction
 must equal tshark's `-z follow,tcp,raw`, and every gap we declare must sit where tshark writes
-"[N bytes missing in capture file]", with the same N (both sides turn a gap into N '?' bytes). tshark is called
-directly here rather than through pyshark because pyshark has no interface to `-z follow`.
+"[N bytes missing in capture file]", with the same N (both sides turn a gap into N '?' bytes).
+tshark is called directly here rather than through pyshark because pyshark has no interface to `-z follow`.
 """
 
 from __future__ import annotations

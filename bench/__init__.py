@@ -1,0 +1,1 @@
+"""Benchmarks for podshark: `python -m bench [names...]` runs them and updates BENCHMARKS.md."""

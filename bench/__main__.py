@@ -1,0 +1,94 @@
+"""``python -m bench [names...]``: run all or the named benchmarks and update BENCHMARKS.md.
+
+Each benchmark owns one section of BENCHMARKS.md between ``<!-- bench:NAME -->`` and
+``<!-- /bench:NAME -->``; a run rewrites only the sections of the benchmarks it ran, so running one
+benchmark never loses the figures of another. The old section is handed to the benchmark so it can keep
+its history lines. Benchmarks are deliberately not tests (no ``test_*.py`` here): they take minutes,
+need root for the capture and their outcome is a figure, not pass/fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from bench import http1_dissect
+
+REPO = Path(__file__).resolve().parent.parent
+BENCHMARKS_MD = REPO / "BENCHMARKS.md"
+
+#: name -> function(previous section or None, runs, regen) -> new section markdown.
+Bench = Callable[..., str]
+BENCHES: dict[str, tuple[Bench, str]] = {
+    http1_dissect.NAME: (http1_dissect.run, http1_dissect.TITLE),
+}
+
+HEADER = """\
+# Benchmarks
+
+Figures written by `python -m bench` (`make bench`); run `python -m bench NAME` to refresh one
+benchmark. Each benchmark rewrites only its own section (between `<!-- bench:NAME -->` markers) and keeps
+a short history of earlier runs. Captures are cached in `bench/out/` (`--regen` makes new ones).
+See `bench/README.md` for what each benchmark measures.
+"""
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+
+
+def get_section(doc: str, name: str) -> str | None:
+    """The text between the markers of ``name``, or None when the section does not exist yet."""
+    start, end = _markers(name)
+    m = re.search(re.escape(start) + r"\n?(.*?)" + re.escape(end), doc, flags=re.S)
+    return m.group(1) if m else None
+
+
+def put_section(doc: str, name: str, body: str) -> str:
+    """``doc`` with the section of ``name`` replaced by ``body`` (appended when it is new)."""
+    start, end = _markers(name)
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), flags=re.S)
+    if pattern.search(doc):
+        return pattern.sub(lambda _m: block, doc, count=1)
+    return f"{doc.rstrip()}\n\n{block}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {', '.join(BENCHES)})")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per tool (median reported)")
+    parser.add_argument("--regen", action="store_true", help="make new captures instead of reusing cached")
+    parser.add_argument("--no-write", action="store_true", help="print the figures, leave BENCHMARKS.md")
+    parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, (_, title) in BENCHES.items():
+            print(f"{name}\t{title}")
+        return 0
+    unknown = [n for n in args.names if n not in BENCHES]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHES)}")
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    failed = 0
+    for name in args.names or list(BENCHES):
+        fn, _ = BENCHES[name]
+        doc = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else HEADER
+        try:
+            body = fn(get_section(doc, name), runs=args.runs, regen=args.regen)
+        except Exception as e:  # one broken benchmark must not stop the others
+            print(f"bench {name}: FAILED: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        if not args.no_write:
+            BENCHMARKS_MD.write_text(put_section(doc, name, body))
+            print(f"bench {name}: updated {BENCHMARKS_MD.relative_to(REPO)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
