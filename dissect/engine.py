@@ -21,7 +21,7 @@ from dissect.base import Analyzer, Budget, ConnContext, Dissector, Limits
 from dissect.detect import Detecting, default_analyzers
 from dissect.ipfrag import Fragments
 from dissect.model import Call, Endpoint
-from dissect.packet import IPPROTO_TCP, decode, ip_text
+from dissect.packet import IPPROTO_TCP, L4, decode, ip_text
 from dissect.pcapio import CaptureReader, Packet
 from dissect.tcp import ACK, SYN, TCPConn
 
@@ -66,21 +66,58 @@ class Engine:
     def run(self, packets: Iterable[Packet]) -> Iterator[Call]:
         """Dissect every packet, yielding calls as they complete, then flush at the end."""
         out = self.out
-        feed = self.packet
+        dispatch = self._dispatch
+        flows = self.flows
+        frags = self.frags
+        tcp_hdr = _tcp_hdr
+        fast = 0  # packets taken by the inlined path since the counters were last brought up to date
+        room = _SWEEP_EVERY - self._since_sweep
+        ts = self.now
         for ts, linktype, frame, _wire in packets:
-            feed(ts, linktype, frame)
+            # The common case inlined: a TCP segment of a known connection. Everything else, and
+            # one packet in _SWEEP_EVERY (for the idle sweep), goes through `_dispatch`.
+            seg = decode(linktype, frame, frags, ts)
+            if seg is not None and seg[0] == 6 and fast < room:
+                _proto, src, dst, data, off, end, missing = seg
+                if end - off >= 20:
+                    sport, dport, seq, ack, doff, flags = tcp_hdr(data, off)
+                    hit = flows.get((src, sport, dst, dport))
+                    start = off + ((doff >> 4) << 2)
+                    if hit is not None and not flags & SYN and start <= end:
+                        fast += 1
+                        hit[0].segment(hit[1], seq, ack, flags, data[start:end], missing, ts)
+                        if out:
+                            self._count(fast, ts)
+                            room -= fast
+                            fast = 0
+                            yield from out
+                            out.clear()
+                        continue
+            self._count(fast, ts)
+            fast = 0
+            dispatch(ts, seg)
+            room = _SWEEP_EVERY - self._since_sweep
             if out:
                 yield from out
                 out.clear()
+        self._count(fast, ts)
         self.finish()
         yield from out
         out.clear()
 
     def packet(self, ts: int, linktype: int, frame: bytes) -> None:
         """One captured frame. Finished calls are appended to ``self.out``."""
+        self._dispatch(ts, decode(linktype, frame, self.frags, ts))
+
+    def _count(self, n: int, ts: int) -> None:
+        """Bring the packet counters up to date after ``n`` packets of the inlined path."""
+        self.packets += n
+        self._since_sweep += n
+        self.now = ts
+
+    def _dispatch(self, ts: int, seg: L4 | None) -> None:
         self.packets += 1
         self.now = ts
-        seg = decode(linktype, frame, self.frags, ts)
         if seg is None or seg[0] != IPPROTO_TCP:
             self.undecoded += 1
             return

@@ -229,6 +229,16 @@ class CaptureReader:
         limit = min(limit, _MAX_RECORD)
         sec_ns = 1_000_000_000
         while True:
+            # fast path: header and packet already in the buffer (all but one packet per MiB)
+            buf = src.buf
+            pos = src.pos
+            if pos + 16 <= len(buf):
+                sec, frac, incl, orig = unpack(buf, pos)
+                end = pos + 16 + incl
+                if end <= len(buf) and incl <= limit:
+                    src.pos = end
+                    yield sec * sec_ns + frac * ns_per_tick, linktype, buf[pos + 16 : end], orig
+                    continue
             if not self._read_guard(16):
                 if src.remaining():
                     self._warn(

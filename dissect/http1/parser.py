@@ -33,7 +33,7 @@ by `MAX_CHUNK_LINE`, the resync tail by `RESYNC_TAIL`, held and post-switch byte
 from __future__ import annotations
 
 import re
-from typing import Protocol
+from typing import Any, Protocol
 
 from dissect.base import Budget, Limits
 from dissect.content_encoding import decode_body
@@ -206,10 +206,12 @@ class Sink(Protocol):
     def on_lost(self, parser: MessageParser, flag: str) -> None: ...
 
 
-# Header names already validated as tokens -> their lowercased form if it matters for framing, else "".
-# Names repeat across messages, so one dict lookup replaces a token check plus a lower(). Bounded.
-_NAMES: dict[str, str] = {}
-_NAMES_MAX = 4096
+# Whole header lines already parsed -> (the (name, value) pair, lowercased name if it matters for
+# framing else ""). Real traffic repeats most lines exactly ("Connection: keep-alive", "Server: …"),
+# so one dict lookup replaces a partition, a token check, a lower() and a strip. Bounded: cleared
+# when full, so hostile traffic with unique lines costs a miss each, never memory.
+_LINES: dict[str, tuple[Header, str]] = {}
+_LINES_MAX = 8192
 
 
 def _parse_fields(
@@ -217,12 +219,12 @@ def _parse_fields(
 ) -> list[tuple[str, str]] | None:
     """Parse ``name: value`` lines into ``out``; returns (lowercased name, value) of framing headers."""
     framing: list[tuple[str, str]] | None = None
-    names = _NAMES
+    cache = _LINES
     for i in range(start, len(lines)):
         line = lines[i]
-        name, sep, value = line.partition(":")
-        kind = names.get(name) if sep else None
-        if kind is None:
+        hit = cache.get(line)
+        if hit is None:
+            name, sep, value = line.partition(":")
             c = line[:1]
             if c == " " or c == "\t":  # obs-fold: continuation of the previous value
                 if out:
@@ -238,16 +240,17 @@ def _parse_fields(
                     msg.add_weird("bad-header-line")
                 continue
             low = name.lower()
-            kind = low if low in _FRAMING_HEADERS else ""
-            if len(names) < _NAMES_MAX:
-                names[name] = kind
-        value = value.strip(" \t\r")
-        out.append((name, value))
+            hit = ((name, value.strip(" \t\r")), low if low in _FRAMING_HEADERS else "")
+            if len(cache) >= _LINES_MAX:
+                cache.clear()
+            cache[line] = hit
+        header, kind = hit
+        out.append(header)
         if kind:
             if framing is None:
-                framing = [(kind, value)]
+                framing = [(kind, header[1])]
             else:
-                framing.append((kind, value))
+                framing.append((kind, header[1]))
     return framing
 
 
@@ -266,6 +269,51 @@ def _block_end(data: bytes, pos: int) -> tuple[int, int]:
     if f >= 0:
         return f, f + 2
     return -1, -1
+
+
+# header block -> everything `_build` derives from it (see there). Bounded, cleared when full.
+_BLOCKS: dict[bytes, tuple[Any, ...]] = {}
+_BLOCKS_MAX = 4096
+_BLOCK_CACHE_MAX_LEN = 4096
+
+# start line -> its parse, or None when it is not one: status lines repeat all the time. Bounded.
+_STARTS: dict[str, tuple[str, str, str, str] | None] = {}
+_STARTS_MAX = 8192
+
+
+def _parse_start_line(line: str) -> tuple[str, str, str, str] | None:
+    """(kind, a, b, version): request (method, target) or response (code, reason); None if neither."""
+    text = line.rstrip("\r")
+    if text.startswith("HTTP/"):
+        parts = text.split(" ", 2)
+        if len(parts) < 2:
+            return None
+        ver = _VERSIONS.get(parts[0])
+        code = parts[1]
+        if ver is None or len(code) != 3 or not code.isdigit() or not code.isascii():
+            return None
+        kind = "response"
+        a, b = code, parts[2] if len(parts) > 2 else ""
+    else:
+        parts = text.split(" ")
+        if len(parts) != 3:
+            parts = text.split()
+        if parts and parts[0] in _KNOWN_METHODS and len(parts) <= 3:
+            # A known method is a request even when the rest of the line is broken ("OPTIONS",
+            # "GET /HTTP/1.1", "GET / HTTP/1."): servers answer these, and tshark shows them so.
+            a = parts[0]
+            b = parts[1] if len(parts) > 1 else ""
+            v = parts[2] if len(parts) > 2 else ""
+            ver = _VERSIONS.get(v, BAD_VERSION)
+        elif len(parts) == 3:
+            a, b, v = parts
+            ver = _VERSIONS.get(v)
+            if ver is None or not b or _TOKEN.fullmatch(a) is None:
+                return None
+        else:
+            return None
+        kind = "request"
+    return kind, a, b, ver
 
 
 class MessageParser:
@@ -541,42 +589,73 @@ class MessageParser:
     # ------------------------------------------------------------------ head
     def _start_line(self, line: str) -> tuple[str, str, str, str] | None:
         """(kind, a, b, version) of a start line: request (method, target), response (code, reason)."""
-        text = line.rstrip("\r")
-        if text.startswith("HTTP/"):
-            parts = text.split(" ", 2)
-            if len(parts) < 2:
-                return None
-            ver = _VERSIONS.get(parts[0])
-            code = parts[1]
-            if ver is None or len(code) != 3 or not code.isdigit() or not code.isascii():
-                return None
-            kind = "response"
-            a, b = code, parts[2] if len(parts) > 2 else ""
+        if line in _STARTS:
+            sl = _STARTS[line]
         else:
-            parts = text.split(" ")
-            if len(parts) != 3:
-                parts = text.split()
-            if parts and parts[0] in _KNOWN_METHODS and len(parts) <= 3:
-                # A known method is a request even when the rest of the line is broken ("OPTIONS",
-                # "GET /HTTP/1.1", "GET / HTTP/1."): servers answer these, and tshark shows them so.
-                a = parts[0]
-                b = parts[1] if len(parts) > 1 else ""
-                v = parts[2] if len(parts) > 2 else ""
-                ver = _VERSIONS.get(v, BAD_VERSION)
-            elif len(parts) == 3:
-                a, b, v = parts
-                ver = _VERSIONS.get(v)
-                if ver is None or not b or _TOKEN.fullmatch(a) is None:
-                    return None
-            else:
-                return None
-            kind = "request"
-        if self.role is not None and kind != self.role:
+            sl = _parse_start_line(line)
+            if len(_STARTS) >= _STARTS_MAX:
+                _STARTS.clear()
+            _STARTS[line] = sl
+        if sl is not None and self.role is not None and sl[0] != self.role:
             return None
-        return kind, a, b, ver
+        return sl
 
     def _build(self, block: bytes, ts: int) -> HttpMessage | None:
-        """A message from a header block (start line + header lines, without the empty line)."""
+        """A message from a header block (start line + header lines, without the empty line).
+
+        Parsing a block depends on nothing but its bytes (and the role, checked on the way out), so
+        the result is cached by block: a client repeats the same request head again and again
+        (polling, health checks, retries) and a server's heads change only when their Date does.
+        """
+        hit = _BLOCKS.get(block)
+        if hit is not None:
+            if self.role is not None and (self.role == "request") is not hit[0]:
+                return None
+            msg = HttpMessage(hit[0], ts, list(hit[6]), self.max_body)
+            (
+                _,
+                msg.method,
+                msg.target,
+                msg.status,
+                msg.reason,
+                msg.version,
+                _,
+                weird,
+                msg.framing,
+                msg.length,
+                msg.ce,
+                msg.upgrade,
+                msg.hold,
+            ) = hit
+            if weird is not None:
+                msg.weird = list(weird)
+            return msg
+        built = self._parse_block(block, ts)
+        if built is None:
+            return None
+        msg = built
+        if len(block) <= _BLOCK_CACHE_MAX_LEN:
+            if len(_BLOCKS) >= _BLOCKS_MAX:
+                _BLOCKS.clear()
+            _BLOCKS[block] = (
+                msg.is_request,
+                msg.method,
+                msg.target,
+                msg.status,
+                msg.reason,
+                msg.version,
+                tuple(msg.headers),
+                None if msg.weird is None else tuple(msg.weird),
+                msg.framing,
+                msg.length,
+                msg.ce,
+                msg.upgrade,
+                msg.hold,
+            )
+        return msg
+
+    def _parse_block(self, block: bytes, ts: int) -> HttpMessage | None:
+        """`_build` without the cache."""
         try:
             lines = block.decode().split("\n")
         except UnicodeDecodeError:
