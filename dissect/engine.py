@@ -55,7 +55,8 @@ class Engine:
         self.out: list[Call] = []
         self._calls = 0
         self._conn_index = 0
-        self._call_id = call_id or (lambda n: f"{source}/{n:09d}")
+        self._call_id = call_id  # default: `<source>/<index>`, the index zero-padded so ids sort
+        self._prefix = source + "/"
         self._since_sweep = 0
         self.now = 0
         self.packets = 0
@@ -217,9 +218,11 @@ class Engine:
     # -- output --------------------------------------------------------------------------------
 
     def _emit(self, call: Call) -> None:
-        self._calls += 1
-        call.id = self._call_id(self._calls)
-        self.out.append(call.finish())
+        self._calls = n = self._calls + 1
+        call.id = self._prefix + str(n).zfill(9) if self._call_id is None else self._call_id(n)
+        if call.request_ts is not None and call.response_ts is not None:  # Call.finish(), inlined
+            call.latency_ns = call.response_ts - call.request_ts
+        self.out.append(call)
 
     @property
     def calls(self) -> int:

@@ -134,8 +134,8 @@ class Call(msgspec.Struct, kw_only=True):
 
     `src` is always the client. `request` is None when only the response was seen, `response` is
     None when it never came; the matching flags say so. Fields are declared in the order of the
-    design's JSON form. `latency_ns` is derived: `finish()` sets it (the engine calls it on every
-    call it emits), so it can never disagree with the two timestamps.
+    design's JSON form. `latency_ns` is derived from the two timestamps: the engine sets it on every
+    call it emits, and `finish()` does the same for calls made anywhere else.
     """
 
     v: int = SCHEMA_VERSION

@@ -160,14 +160,11 @@ class CaptureReader:
     # -- public ------------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[Packet]:
+        # the format generators count packets themselves (stats.packets), cheaply
         if self._first is not None:
             first, self._first = self._first, None
-            self.stats.packets += 1
             yield first
-        stats = self.stats
-        for p in self._iter:
-            stats.packets += 1
-            yield p
+        yield from self._iter
 
     def position(self) -> int:
         """Bytes of the file consumed so far (compressed bytes for gzip), for progress bars."""
@@ -228,6 +225,8 @@ class CaptureReader:
         limit = max(snaplen, 262144) if snaplen else _MAX_RECORD
         limit = min(limit, _MAX_RECORD)
         sec_ns = 1_000_000_000
+        stats = self.stats
+        count = 0
         while True:
             # fast path: header and packet already in the buffer (all but one packet per MiB)
             buf = src.buf
@@ -237,8 +236,10 @@ class CaptureReader:
                 end = pos + 16 + incl
                 if end <= len(buf) and incl <= limit:
                     src.pos = end
+                    count += 1
                     yield sec * sec_ns + frac * ns_per_tick, linktype, buf[pos + 16 : end], orig
                     continue
+            stats.packets = count
             if not self._read_guard(16):
                 if src.remaining():
                     self._warn(
@@ -260,6 +261,8 @@ class CaptureReader:
                 return
             start = src.pos + 16
             src.pos = start + incl
+            count += 1
+            stats.packets = count
             yield sec * sec_ns + frac * ns_per_tick, linktype, src.buf[start : src.pos], orig
 
     def _pcapng(self) -> Iterator[Packet]:
@@ -321,6 +324,7 @@ class CaptureReader:
                     self._warn(f"packet block for unknown interface {iid} or bad length skipped")
                     continue
                 lt, num, den, tsoff = ifaces[iid]
+                self.stats.packets += 1
                 yield ((hi << 32) | lo) * num // den + tsoff, lt, b[body + 20 : body + 20 + caplen], orig
             elif btype == 1:  # Interface Description Block
                 lt = struct.unpack_from(endian + "H", b, body)[0]
@@ -342,12 +346,14 @@ class CaptureReader:
                     continue
                 orig = struct.unpack_from(endian + "I", b, body)[0]
                 caplen = min(orig, body_end - body - 4)
+                self.stats.packets += 1
                 yield 0, ifaces[0][0], b[body + 4 : body + 4 + caplen], orig
             elif btype == 2:  # obsolete Packet Block
                 iid, _drops, hi, lo, caplen, orig = struct.unpack_from(endian + "HHIIII", b, body)
                 if iid >= len(ifaces) or body + 20 + caplen > body_end:
                     continue
                 lt, num, den, tsoff = ifaces[iid]
+                self.stats.packets += 1
                 yield ((hi << 32) | lo) * num // den + tsoff, lt, b[body + 20 : body + 20 + caplen], orig
             # every other block type (statistics, name resolution, custom…) carries no packets
 

@@ -135,21 +135,37 @@ class TableWriter:
         self.out = out
         self.day = -1
         self.lines: list[str] = [self.HEAD]
+        self._second = -1
+        self._hms = ""
+        self._peers: tuple[object, object, str] = (None, None, "")
 
     def write(self, call: Call) -> None:
         ts = call.ts
-        day = ts // DAY_NS
-        if day != self.day:
-            self.day = day
-            date = dt.datetime.fromtimestamp(day * 86_400, tz=dt.UTC).strftime("%Y-%m-%d UTC")
-            self.lines.append(f"# {date}")
-        size = call.response.body_size if call.response is not None else None
-        peers = f"{call.src.address()} -> {call.dst.address()}"
-        status = "-" if call.status is None else str(call.status)
-        target = (call.target or "-").replace("\n", "\\n")
+        second = ts // 1_000_000_000
+        if second != self._second:  # the date line and HH:MM:SS change at most once a second
+            self._second = second
+            day = ts // DAY_NS
+            if day != self.day:
+                self.day = day
+                date = dt.datetime.fromtimestamp(day * 86_400, tz=dt.UTC).strftime("%Y-%m-%d UTC")
+                self.lines.append(f"# {date}")
+            self._hms = fmt_time(ts)[:8]
+        src, dst = call.src, call.dst
+        cached = self._peers
+        if cached[0] is src and cached[1] is dst:  # every call of a connection shares its endpoints
+            peers = cached[2]
+        else:
+            peers = f"{src.address()} -> {dst.address()}"
+            self._peers = (src, dst, peers)
+        resp = call.response
+        status = call.status
+        target = call.target or "-"
+        if "\n" in target:
+            target = target.replace("\n", "\\n")
         self.lines.append(
-            f"{fmt_time(ts):<12} {call.protocol:<6} {call.method or '-':<8} {target:<40} {status:>6} "
-            f"{fmt_latency(call.latency_ns):>8} {fmt_size(size):>7}  {peers:<44} {','.join(call.flags)}"
+            f"{self._hms}.{(ts // 1_000_000) % 1000:03d} {call.protocol:<6} {call.method or '-':<8} "
+            f"{target:<40} {'-' if status is None else status:>6} {fmt_latency(call.latency_ns):>8} "
+            f"{fmt_size(None if resp is None else resp.body_size):>7}  {peers:<44} {','.join(call.flags)}"
         )
         if len(self.lines) >= 256:
             self.flush()

@@ -14,6 +14,7 @@ placeholder so the next response comes out ``request-missing``. Both carry the `
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 from dissect.base import ConnContext
 from dissect.http1.parser import (
@@ -264,26 +265,16 @@ class HTTP1Dissector:
 
     def _emit(self, req: HttpMessage | None, resp: HttpMessage | None) -> None:
         ctx = self.ctx
-        if req is not None:
-            req.emitted = True
-        call = Call(
-            protocol="http",
-            src=self._src,
-            dst=self._dst,
-            transport=ctx.transport,
-            flow_id=ctx.flow_id,
-        )
-        flags = call.flags
-        info = call.info
+        flags: list[str] = []
+        info: dict[str, Any] = {}
         weird: list[str] | None = None
         skipped = 0
         truncated = False
         budget = 0
+        request = response = None
         if req is not None:
-            call.request_ts = req.ts
-            call.method = req.method
-            call.target = req.target
-            call.request = Message(
+            req.emitted = True
+            request = Message(
                 headers=req.headers,
                 trailers=req.trailers,
                 body=req.body,
@@ -292,7 +283,8 @@ class HTTP1Dissector:
                 truncated=req.truncated,
             )
             info["http_version"] = req.version
-            flags.extend(req.flags)
+            if req.flags:
+                flags.extend(req.flags)
             weird = req.weird
             skipped = req.skipped
             truncated = req.truncated
@@ -305,9 +297,7 @@ class HTTP1Dissector:
             if req.ce_error is not None:
                 info["request_content_encoding_error"] = req.ce_error
         if resp is not None:
-            call.response_ts = resp.ts
-            call.status = resp.status
-            call.response = Message(
+            response = Message(
                 headers=resp.headers,
                 trailers=resp.trailers,
                 body=resp.body,
@@ -321,10 +311,7 @@ class HTTP1Dissector:
                     info["interim"] = self.orphan_interim
                     self.orphan_interim = []
             if resp.flags:
-                if flags:
-                    call.flag(*resp.flags)
-                else:
-                    flags.extend(resp.flags)
+                flags.extend(f for f in resp.flags if f not in flags)
             if resp.weird:
                 weird = resp.weird if weird is None else weird + [w for w in resp.weird if w not in weird]
             skipped += resp.skipped
@@ -335,9 +322,25 @@ class HTTP1Dissector:
                 info["content_encoding"] = resp.ce_applied
             if resp.ce_error is not None:
                 info["content_encoding_error"] = resp.ce_error
-            if resp.framing == F_SWITCH:
-                info["upgrade"] = resp.upgrade
-                call.flag(Flag.UPGRADE)
+        call = Call(
+            protocol="http",
+            src=self._src,
+            dst=self._dst,
+            transport=ctx.transport,
+            flow_id=ctx.flow_id,
+            request_ts=None if req is None else req.ts,
+            response_ts=None if resp is None else resp.ts,
+            method=None if req is None else req.method,
+            target=None if req is None else req.target,
+            status=None if resp is None else resp.status,
+            request=request,
+            response=response,
+            info=info,
+            flags=flags,
+        )
+        if resp is not None and resp.framing == F_SWITCH:
+            info["upgrade"] = resp.upgrade
+            call.flag(Flag.UPGRADE)
         if req is None:
             call.flag(Flag.REQUEST_MISSING)
         elif resp is None:
