@@ -43,13 +43,12 @@ CAPTURES = sorted(
     p for d in (FIXTURES, CORPUS) for p in d.glob("*.pcap*") if p.suffix in (".pcap", ".pcapng")
 )
 PIPELINED = FIXTURES / "http1__zeek_pipelined-requests.pcap"  # Ethernet, µs pcap, 5 HTTP calls
-SLL_NG = CORPUS / "http2__ndpi_5g-sbi-json.pcapng"  # Linux SLL, ns pcapng
-SLL_PCAP = CORPUS / "kafka__gosniffer_kafka.pcap"  # Linux SLL, µs pcap
-NULL_PCAP = CORPUS / "http2__arkime_http2-nghttp2.pcap"  # BSD null
+SLL_NG = FIXTURES / "http2__ndpi_5g-sbi-json.pcapng"  # Linux SLL, ns pcapng
+SLL_PCAP = FIXTURES / "kafka__gosniffer_kafka.pcap"  # Linux SLL, µs pcap
+NULL_PCAP = FIXTURES / "http2__arkime_http2-nghttp2.pcap"  # BSD null
 ETH_NG = FIXTURES / "http1__ndpi_http_starting_with_reply.pcapng"  # Ethernet pcapng
 
 needs_tshark = pytest.mark.tshark
-needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"shared corpus not present at {CORPUS}")
 
 
 # -- the two views of a file ---------------------------------------------------------------------
@@ -192,7 +191,6 @@ SOURCES = [PIPELINED, SLL_NG, NULL_PCAP]  # Ethernet µs, SLL ns pcapng, NULL; t
 
 
 @needs_tshark
-@needs_corpus
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.name)
 def test_converted_capture_gives_the_same_packets(src: Path, kind: str, tmp_path: Path) -> None:
@@ -210,7 +208,6 @@ def test_converted_capture_gives_the_same_packets(src: Path, kind: str, tmp_path
 
 
 @needs_tshark
-@needs_corpus
 def test_mergecap_of_several_link_types_and_resolutions(tmp_path: Path) -> None:
     """One pcapng, four interfaces: Ethernet µs, SLL ns (if_tsresol=9), NULL µs, SLL µs."""
     merged = tmp_path / "merged.pcapng"
@@ -458,10 +455,9 @@ def test_capture_cut_at_the_end_warns_and_keeps_the_calls(name: str, tmp_path: P
 
 
 @needs_tshark
-@needs_corpus
 def test_gzip_capture_cut_at_the_end_keeps_the_packets_before_the_cut(tmp_path: Path) -> None:
     """A .gz cut mid-stream (a download or copy that stopped) reads like a cut pcap, as tshark does."""
-    big = CORPUS / "http1__zeek_206_example_b.pcap"  # 1.5 MB, so the cut is past the first 1 MiB chunk too
+    big = FIXTURES / "http1__zeek_206_example_b.pcap"  # 1.5 MB, so the cut is past the first 1 MiB chunk too
     gz = gzip.compress(big.read_bytes())
     for frac in (0.25, 0.9):
         cut = tmp_path / f"cut-{frac}.pcap.gz"
