@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="one Call JSON object per line (the hub API's form)")
     d.add_argument("--no-bodies", action="store_true", help="with --json: leave bodies out")
     d.add_argument(
+        "--wide",
+        action="store_true",
+        help="table: never shorten targets (a terminal gets them cut to its width; pipes get them whole)",
+    )
+    d.add_argument(
         "--progress",
         choices=("auto", "always", "never"),
         default="auto",

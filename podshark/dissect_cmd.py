@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import shutil
 import sys
 import time
 from typing import TextIO
@@ -34,7 +35,13 @@ def run(args: argparse.Namespace) -> int:
     )
     progress = Progress(reader.size, os.path.basename(args.file), enabled=show)
     out = sys.stdout
-    writer = JsonWriter(out, bodies=not args.no_bodies) if args.json else TableWriter(out)
+    if args.json:
+        writer: JsonWriter | TableWriter = JsonWriter(out, bodies=not args.no_bodies)
+    else:
+        width = None
+        if out.isatty() and not args.wide:
+            width = max(shutil.get_terminal_size().columns - (TableWriter.FIXED + 1), 20)
+        writer = TableWriter(out, target_width=width)
     started = time.monotonic()
     try:
         for n, call in enumerate(engine.run(reader), 1):
@@ -126,15 +133,20 @@ def fmt_size(n: int | None) -> str:
 class TableWriter:
     """A readable, aligned table: one call per line, the date once per day in a heading."""
 
-    HEAD = (
-        f"{'TIME':<12} {'PROTO':<6} {'METHOD':<8} {'TARGET':<40} {'STATUS':>6} {'LATENCY':>8} "
-        f"{'SIZE':>7}  {'CLIENT -> SERVER':<44} FLAGS"
-    )
+    TARGET = 40  # column width when targets are printed whole (they may overflow it)
 
-    def __init__(self, out: TextIO) -> None:
+    # columns other than TARGET; on a terminal TARGET gets what is left of the width
+    FIXED = 12 + 1 + 6 + 1 + 8 + 1 + 6 + 1 + 8 + 1 + 7 + 2 + 44 + 1 + 16
+
+    def __init__(self, out: TextIO, target_width: int | None = None) -> None:
         self.out = out
+        self.target_width = target_width  # None: targets in full (pipes, files, --wide)
+        self.col = self.TARGET if target_width is None else target_width
         self.day = -1
-        self.lines: list[str] = [self.HEAD]
+        self.lines: list[str] = [
+            f"{'TIME':<12} {'PROTO':<6} {'METHOD':<8} {'TARGET':<{self.col}} {'STATUS':>6} {'LATENCY':>8} "
+            f"{'SIZE':>7}  {'CLIENT -> SERVER':<44} FLAGS"
+        ]
         self._second = -1
         self._hms = ""
         self._peers: tuple[object, object, str] = (None, None, "")
@@ -162,9 +174,12 @@ class TableWriter:
         target = call.target or "-"
         if "\n" in target:
             target = target.replace("\n", "\\n")
+        tw = self.target_width
+        if tw is not None and len(target) > tw:
+            target = target[: tw - 1] + "…"
         self.lines.append(
             f"{self._hms}.{(ts // 1_000_000) % 1000:03d} {call.protocol:<6} {call.method or '-':<8} "
-            f"{target:<40} {'-' if status is None else status:>6} {fmt_latency(call.latency_ns):>8} "
+            f"{target:<{self.col}} {'-' if status is None else status:>6} {fmt_latency(call.latency_ns):>8} "
             f"{fmt_size(None if resp is None else resp.body_size):>7}  {peers:<44} {','.join(call.flags)}"
         )
         if len(self.lines) >= 256:

@@ -72,3 +72,29 @@ def test_a_reader_that_goes_away_is_not_an_error(tmp_path: Path) -> None:
 def test_bad_size_argument_says_what_to_write() -> None:
     r = podshark("dissect", str(PIPELINED), "--max-body", "lots")
     assert r.returncode == 2 and b"not a size" in r.stderr
+
+
+def test_table_fits_targets_to_a_terminal_and_keeps_columns_aligned() -> None:
+    import io
+
+    from dissect.engine import dissect_path
+    from podshark.dissect_cmd import TableWriter
+
+    calls = list(dissect_path(FIXTURES / "http1__zeek_zero-length-bodies-with-drops.pcap"))
+    assert any(len(c.target or "") > 200 for c in calls)  # the capture's ad-server URLs are long
+    buf = io.StringIO()
+    w = TableWriter(buf, target_width=30)
+    for c in calls:
+        w.write(c)
+    w.close()
+    rows = [r for r in buf.getvalue().splitlines() if not r.startswith("#")]
+    status_col = rows[0].index("STATUS")
+    for r in rows[1:]:
+        assert r[status_col : status_col + 6].strip().isdigit(), r  # STATUS sits under its heading
+    assert any("…" in r for r in rows)
+    whole = io.StringIO()
+    w = TableWriter(whole)  # a pipe: targets whole, for grep
+    for c in calls:
+        w.write(c)
+    w.close()
+    assert all((c.target or "-") in whole.getvalue() for c in calls)
