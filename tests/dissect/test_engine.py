@@ -124,3 +124,19 @@ def test_mutated_real_frames_never_raise(data: st.DataObject) -> None:
         cut = data.draw(st.integers(0, len(b)))
         e.packet(i, 1, bytes(b[:cut]) if data.draw(st.booleans()) else bytes(b))
     e.finish()
+
+
+def test_detection_is_by_content_not_port() -> None:
+    """HTTP on Kafka's port is HTTP; a TLS ClientHello on port 80 is not."""
+    http = Conversation("10.0.0.1", 40000, "10.0.0.2", 9092)
+    frames = [(i, f) for i, f in enumerate(http.handshake())]
+    frames += [(10, http.send(0, REQ)), (11, http.send(1, RESP))]
+    tls = Conversation("10.0.0.3", 40001, "10.0.0.4", 80)
+    hello = bytes.fromhex("16030100a5010000a10303") + bytes(range(32)) + b"\x00" * 60
+    frames += [(20 + i, f) for i, f in enumerate(tls.handshake())]
+    frames += [
+        (30, tls.send(0, hello)),
+        (31, tls.send(1, bytes.fromhex("160303003d020000390303") + b"\x01" * 50)),
+    ]
+    _, calls = run(frames)
+    assert [(c.dst.port, c.method, c.status) for c in calls] == [(9092, "GET", 200)]
