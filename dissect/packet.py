@@ -13,7 +13,6 @@ and ``missing`` counts bytes of the IP datagram that the snap length cut off.
 from __future__ import annotations
 
 import ipaddress
-import struct
 
 from dissect.ipfrag import Fragments
 
@@ -37,27 +36,17 @@ IPPROTO_UDP = 17
 _ETH_VLAN = (0x8100, 0x88A8, 0x9100)
 _V6_EXT = (0, 43, 60)  # hop-by-hop, routing, destination options: skipped
 _AF_INET6 = (10, 24, 28, 30)  # BSD loopback AF_INET6 values differ by OS
-_u16 = struct.Struct("!H").unpack_from
 
 
 def _l3(linktype: int, f: bytes) -> int:
     """Offset of the IP header in the frame, or -1 when it is not IP."""
     n = len(f)
-    if linktype == LINKTYPE_ETHERNET:
-        if n < 14:
+    if linktype in (LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL):
+        off = 14 if linktype == LINKTYPE_ETHERNET else 16  # the EtherType ends the fixed header
+        if n < off:
             return -1
-        et = f[12] << 8 | f[13]
-        off = 14
-        while et in _ETH_VLAN and n >= off + 4:
-            et = f[off + 2] << 8 | f[off + 3]
-            off += 4
-        return off if et in (0x0800, 0x86DD) else -1
-    if linktype == LINKTYPE_LINUX_SLL:
-        if n < 16:
-            return -1
-        et = f[14] << 8 | f[15]
-        off = 16
-        while et in _ETH_VLAN and n >= off + 4:
+        et = f[off - 2] << 8 | f[off - 1]
+        while et in _ETH_VLAN and n >= off + 4:  # 802.1Q / 802.1ad tags, any depth
             et = f[off + 2] << 8 | f[off + 3]
             off += 4
         return off if et in (0x0800, 0x86DD) else -1

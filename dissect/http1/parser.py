@@ -428,9 +428,8 @@ class MessageParser:
             self._end(msg, SWITCHED)
         return body
 
-    def _h_body(self, data: bytes, pos: int, ts: int) -> int:
-        msg = self.cur
-        assert msg is not None
+    def _body_bytes(self, msg: HttpMessage, data: bytes, pos: int) -> int:
+        """Keep up to ``remaining`` body bytes from ``data[pos:]``; returns the position after them."""
         n = len(data)
         r = self.remaining
         if n - pos < r:
@@ -439,8 +438,15 @@ class MessageParser:
             return n
         self._keep(msg, data if pos == 0 and r == n else data[pos : pos + r])
         self.remaining = 0
-        self._end(msg, HOLD if msg.hold else IDLE)
         return pos + r
+
+    def _h_body(self, data: bytes, pos: int, ts: int) -> int:
+        msg = self.cur
+        assert msg is not None
+        pos = self._body_bytes(msg, data, pos)
+        if not self.remaining:
+            self._end(msg, HOLD if msg.hold else IDLE)
+        return pos
 
     def _h_chunk_size(self, data: bytes, pos: int, ts: int) -> int:
         nl = data.find(b"\n", pos)
@@ -462,16 +468,10 @@ class MessageParser:
     def _h_chunk_data(self, data: bytes, pos: int, ts: int) -> int:
         msg = self.cur
         assert msg is not None
-        n = len(data)
-        r = self.remaining
-        if n - pos < r:
-            self._keep(msg, data[pos:] if pos else data)
-            self.remaining = r - (n - pos)
-            return n
-        self._keep(msg, data[pos : pos + r])
-        self.remaining = 0
-        self.state = CHUNK_END
-        return pos + r
+        pos = self._body_bytes(msg, data, pos)
+        if not self.remaining:
+            self.state = CHUNK_END
+        return pos
 
     def _h_chunk_end(self, data: bytes, pos: int, ts: int) -> int:
         c = data[pos]

@@ -17,7 +17,6 @@ with its request has no podshark counterpart (`fold_interim`). An Upgrade shows 
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import cache
@@ -25,15 +24,8 @@ from pathlib import Path
 
 import pytest
 
-_TESTS = Path(__file__).resolve().parents[1]
-_REPO = _TESTS.parent
-# the repo first (tests/dissect must not shadow the real `dissect`), tests/ last for the helpers
-if str(_REPO) not in sys.path:
-    sys.path.insert(0, str(_REPO))
-if str(_TESTS) not in sys.path:
-    sys.path.append(str(_TESTS))
-
-from tshark_oracle import (  # noqa: E402
+from tests.conftest import FIXTURES
+from tests.tshark_oracle import (
     Transaction,
     fold_interim,
     frame_table,
@@ -43,8 +35,6 @@ from tshark_oracle import (  # noqa: E402
     requires_tshark,
     time_span,
 )
-
-FIXTURES = _REPO / "fixtures" / "pcaps"
 
 pytestmark = [pytest.mark.tshark, requires_tshark, requires_pyshark, pytest.mark.timeout(120)]
 

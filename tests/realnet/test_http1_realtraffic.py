@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,22 +26,15 @@ from pathlib import Path
 
 import pytest
 
-_TESTS = Path(__file__).resolve().parents[1]
-_REPO = _TESTS.parent
-# the repo first (tests/dissect must not shadow the real `dissect`), tests/ last for the helpers
-if str(_REPO) not in sys.path:
-    sys.path.insert(0, str(_REPO))
-if str(_TESTS) not in sys.path:
-    sys.path.append(str(_TESTS))
-
-from realtraffic import (  # noqa: E402
+from tests.conftest import FIXTURES
+from tests.realtraffic import (
     Lab,
     curl_get_many,
     expected_body,
     lab,  # noqa: F401  (module-scoped pytest fixture)
     send_pipelined,
 )
-from tshark_oracle import (  # noqa: E402
+from tests.tshark_oracle import (
     TSHARK,
     HttpMessage,
     Transaction,
@@ -64,7 +56,7 @@ N_GETS = 520
 REMOVED_TARGET = "/item/0260"  # a response in the middle of the connection
 SNAPLEN = 200
 EDITCAP = "editcap"
-BRO_ORG = _REPO / "fixtures" / "pcaps" / "http1__zeek_bro.org.pcap"
+BRO_ORG = FIXTURES / "http1__zeek_bro.org.pcap"
 
 
 def targets() -> list[str]:
@@ -237,15 +229,9 @@ def _match_truthfully(
 
 def _corpus_differences(name: str) -> tuple:
     """The golden test's explained tshark differences for a corpus file (one table, one truth)."""
-    spec_path = _TESTS / "golden" / "test_http1_corpus.py"
-    mod_spec = importlib.util.spec_from_file_location("_golden_http1_corpus", spec_path)
-    assert mod_spec is not None and mod_spec.loader is not None
-    mod = sys.modules.get(mod_spec.name)
-    if mod is None:
-        mod = importlib.util.module_from_spec(mod_spec)
-        sys.modules[mod_spec.name] = mod  # dataclasses look their module up while being created
-        mod_spec.loader.exec_module(mod)
-    spec = mod.SPECS.get(name)
+    from tests.golden.test_http1_corpus import SPECS
+
+    spec = SPECS.get(name)
     return (spec.differences, spec.override_prefs) if spec else ((), {})
 
 
