@@ -61,6 +61,18 @@ class Budget:
 
 
 @dataclass(slots=True)
+class Handoff:
+    """A connection changing protocol mid-stream (h2c Upgrade, CONNECT tunnel), passed to the next
+    dissector through `ConnContext.switch`."""
+
+    protocol: str  # analyzer name ("http2"), or "" to detect what the tunnel carries
+    pending: tuple[bytes, bytes]  # bytes each direction already sent after the switch point
+    ts: int
+    client_dir: int | None = None  # which direction is the client, when known
+    request: Call | None = None  # h2c: the HTTP/1 call that asked for the upgrade (it is stream 1)
+
+
+@dataclass(slots=True)
 class ConnContext:
     """What a dissector knows about its connection, and where its calls go."""
 
@@ -71,6 +83,9 @@ class ConnContext:
     handshake_seen: bool = True  # False: the capture started inside this connection
     limits: Limits = field(default_factory=Limits)
     budget: Budget = field(default_factory=lambda: Budget(512 << 20))
+    # Hand the connection to another protocol's dissector from now on; set by the engine (None in
+    # sans-IO tests that do not exercise switching). The new dissector receives Handoff.pending.
+    switch: Callable[[Handoff], None] | None = None
 
 
 class Verdict(IntEnum):
@@ -104,4 +119,6 @@ class Analyzer(Protocol):
         """Judge the first bytes one side sent (``data`` is at most ``Limits.detect_window`` long)."""
         ...
 
-    def new(self, ctx: ConnContext) -> Dissector: ...
+    def new(self, ctx: ConnContext, handoff: Handoff | None = None) -> Dissector:
+        """A dissector for one connection; ``handoff`` when it takes over from another protocol."""
+        ...

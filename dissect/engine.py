@@ -12,12 +12,13 @@ full (least recently active first), or at the end of input.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from dissect.base import Analyzer, Budget, ConnContext, Dissector, Limits
+from dissect.base import Analyzer, Budget, ConnContext, Dissector, Handoff, Limits
 from dissect.detect import Detecting, default_analyzers
 from dissect.ipfrag import Fragments
 from dissect.model import Call, Endpoint
@@ -173,11 +174,31 @@ class Engine:
             budget=self.body_budget,
         )
         conn = TCPConn(None, self.limits, self.ooo_budget, idx)  # type: ignore[arg-type]
+        port_hint = min(sport, dport)
 
         def decided(dissector: Dissector) -> None:
             conn.sink = dissector
 
-        conn.sink = Detecting(ctx, self.analyzers, min(sport, dport), decided)
+        def switch(h: Handoff) -> None:
+            """A dissector hands the connection on (h2c Upgrade, CONNECT): see `base.Handoff`."""
+            new: Dissector
+            if h.protocol:
+                analyzer = next((a for a in self.analyzers if a.name == h.protocol), None)
+                if analyzer is None:
+                    return
+                new = analyzer.new(ctx, h)
+            else:  # a tunnel: whatever it carries starts clean, like a fresh connection
+                new = Detecting(
+                    dataclasses.replace(ctx, handshake_seen=True), self.analyzers, port_hint, decided
+                )
+            conn.sink = new
+            first = h.client_dir if h.client_dir is not None else 0
+            for d in (first, 1 - first):
+                if h.pending[d]:
+                    conn.sink.feed(d, h.pending[d], h.ts)
+
+        ctx.switch = switch
+        conn.sink = Detecting(ctx, self.analyzers, port_hint, decided)
         k0, k1 = (src, sport, dst, dport), (dst, dport, src, sport)
         conn.keys = (k0, k1)
         conn.last_ts = ts

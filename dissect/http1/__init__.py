@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dissect.base import ConnContext, Dissector, Verdict
+from dissect.base import ConnContext, Dissector, Handoff, Verdict
 from dissect.http1.detect import detect
 from dissect.http1.dissector import HTTP1Dissector
 
@@ -17,7 +17,7 @@ class HTTP1Analyzer:
     def detect(self, data: bytes, direction: int, port_hint: int | None) -> Verdict:
         return detect(data, direction, port_hint)
 
-    def new(self, ctx: ConnContext) -> Dissector:
+    def new(self, ctx: ConnContext, handoff: Handoff | None = None) -> Dissector:
         return HTTP1Dissector(ctx)
 
 

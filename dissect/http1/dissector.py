@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from dissect.base import ConnContext
+from dissect.base import ConnContext, Handoff
 from dissect.http1.parser import (
     F_NONE,
     F_SWITCH,
@@ -30,6 +30,9 @@ from dissect.http1.parser import (
 from dissect.model import Call, Flag, Message
 
 __all__ = ["HTTP1Dissector"]
+
+# Upgrade token / tunnel -> the analyzer that takes over ("" = detect what the tunnel carries)
+_NEXT_PROTOCOL = {"h2c": "http2", "tunnel": ""}
 
 
 class HTTP1Dissector:
@@ -47,6 +50,8 @@ class HTTP1Dissector:
         self.max_pending = max(1, limits.max_pending)
         self.post_switch: tuple[bytearray, bytearray] = (bytearray(), bytearray())
         self.switched_to: str | None = None
+        self.upgrade_call: Call | None = None  # the call that showed the switch (h2c: becomes stream 1)
+        self.handed_off = False
         resync = not ctx.handshake_seen
         self.parsers = (
             MessageParser(0, self, limits, ctx.budget, self.post_switch[0], resync),
@@ -72,6 +77,25 @@ class HTTP1Dissector:
             self.parsers[direction & 1].feed(data, ts)
         except Exception:
             self._internal_error(direction & 1)
+        if self.switched_to is not None and not self.handed_off:
+            self._hand_off(ts)
+
+    def _hand_off(self, ts: int) -> None:
+        """After a switch, give the connection to the next protocol's dissector (see base.Handoff).
+
+        Done once the feed that completed the switch is over, so ``post_switch`` holds every byte
+        of it that followed the switch point (and, moved there by ``switch()``, what the client sent
+        early, such as an h2c preface sent before the 101). Protocols with no dissector (websocket)
+        stay here, ignored.
+        """
+        self.handed_off = True
+        protocol = _NEXT_PROTOCOL.get(self.switched_to or "")
+        switch = self.ctx.switch
+        if protocol is None or switch is None:
+            return
+        pending = (bytes(self.post_switch[0]), bytes(self.post_switch[1]))
+        self.close(ts)  # anything still waiting for an answer is flushed now; this dissector is done
+        switch(Handoff(protocol, pending, ts, self.client_dir, self.upgrade_call))
 
     def gap(self, direction: int, n: int, ts: int, snaplen: bool = False) -> None:
         if self.closed:
@@ -341,6 +365,7 @@ class HTTP1Dissector:
         if resp is not None and resp.framing == F_SWITCH:
             info["upgrade"] = resp.upgrade
             call.flag(Flag.UPGRADE)
+            self.upgrade_call = call
         if req is None:
             call.flag(Flag.REQUEST_MISSING)
         elif resp is None:
