@@ -25,13 +25,16 @@ pytestmark = pytest.mark.tshark
 class _Stream:
     def __init__(self, ctx: ConnContext, store: dict[str, tuple[ConnContext, list[bytearray]]]) -> None:
         self.bufs = [bytearray(), bytearray()]
+        self.tail_gap = [0, 0]  # bytes lost after the last byte seen (known only from the peer's ACKs)
         store[ctx.flow_id] = (ctx, self.bufs)
 
     def feed(self, direction: int, data: bytes, ts: int) -> None:
         self.bufs[direction] += data
+        self.tail_gap[direction] = 0
 
     def gap(self, direction: int, n: int, ts: int, snaplen: bool = False) -> None:
         self.bufs[direction] += b"?" * n
+        self.tail_gap[direction] += n
 
     def note(self, direction: int, flag: str) -> None:
         pass
@@ -50,12 +53,15 @@ class _TakeAll:
 
     def __init__(self) -> None:
         self.store: dict[str, tuple[ConnContext, list[bytearray]]] = {}
+        self.streams: list[_Stream] = []
 
     def detect(self, data: bytes, direction: int, port_hint: int | None) -> Verdict:
         return Verdict.YES
 
     def new(self, ctx: ConnContext) -> _Stream:
-        return _Stream(ctx, self.store)
+        stream = _Stream(ctx, self.store)
+        self.streams.append(stream)
+        return stream
 
 
 def ours(path: Path) -> dict[tuple[str, str], list[bytes]]:
@@ -63,12 +69,14 @@ def ours(path: Path) -> dict[tuple[str, str], list[bytes]]:
     with CaptureReader(path) as r:
         list(Engine("t", analyzers=[rec]).run(r))
     out: dict[tuple[str, str], list[bytes]] = {}
-    for ctx, bufs in rec.store.values():
+    for stream, (ctx, bufs) in zip(rec.streams, rec.store.values()):
         a, b = (e.address() for e in ctx.endpoints)
         if not bufs[0] and not bufs[1]:
             continue
         key = (a, b) if (a, b) not in out else (a, b + "#2")
-        out[key] = [bytes(bufs[0]), bytes(bufs[1])]
+        # tshark marks a hole only where a later segment shows it; a hole at the very end, known
+        # from the peer's ACKs alone, is ours to report but not in its output: compare without it
+        out[key] = [bytes(bufs[d][: len(bufs[d]) - stream.tail_gap[d]]) for d in (0, 1)]
     return out
 
 
@@ -134,8 +142,19 @@ def test_reassembled_streams_match_tshark_follow(path: Path) -> None:
             m1, m0 = mine[(key[1], key[0])]
         else:
             raise AssertionError(f"{path.name}: tshark has connection {key}, we have {sorted(mine)}")
-        assert m0 == t0, f"{path.name} {key} client->server differs at byte {_first_diff(m0, t0)}"
-        assert m1 == t1, f"{path.name} {key} server->client differs at byte {_first_diff(m1, t1)}"
+        assert _same(m0, t0), f"{path.name} {key} client->server differs at byte {_first_diff(m0, t0)}"
+        assert _same(m1, t1), f"{path.name} {key} server->client differs at byte {_first_diff(m1, t1)}"
+
+
+def _same(mine: bytes, theirs: bytes) -> bool:
+    """Equal, or ours goes on past a hole where tshark stops.
+
+    tshark's Follow holds segments that come after a hole until an ACK proves the hole lost; when no
+    ACK ever does (grpc-server-stream: the client sent nothing after them), it never shows them. We
+    declare such holes lost when the connection ends and deliver what followed, as a gap plus data:
+    so past tshark's end, ours must continue with a gap.
+    """
+    return mine == theirs or (mine.startswith(theirs) and mine[len(theirs) : len(theirs) + 1] == b"?")
 
 
 def _first_diff(a: bytes, b: bytes) -> str:
