@@ -20,8 +20,9 @@ from dissect.base import Analyzer, ConnContext, Dissector, Verdict
 def default_analyzers() -> list[Analyzer]:
     """Every TCP analyzer podshark ships, most specific first."""
     from dissect.http1 import ANALYZER as HTTP1
+    from dissect.tls import ANALYZER as TLS
 
-    return [HTTP1]
+    return [HTTP1, TLS]
 
 
 class Ignored:

@@ -127,7 +127,7 @@ def test_mutated_real_frames_never_raise(data: st.DataObject) -> None:
 
 
 def test_detection_is_by_content_not_port() -> None:
-    """HTTP on Kafka's port is HTTP; a TLS ClientHello on port 80 is not."""
+    """HTTP on Kafka's port is HTTP; a TLS ClientHello on port 80 is TLS, not HTTP."""
     http = Conversation("10.0.0.1", 40000, "10.0.0.2", 9092)
     frames = [(i, f) for i, f in enumerate(http.handshake())]
     frames += [(10, http.send(0, REQ)), (11, http.send(1, RESP))]
@@ -139,4 +139,7 @@ def test_detection_is_by_content_not_port() -> None:
         (31, tls.send(1, bytes.fromhex("160303003d020000390303") + b"\x01" * 50)),
     ]
     _, calls = run(frames)
-    assert [(c.dst.port, c.method, c.status) for c in calls] == [(9092, "GET", 200)]
+    assert sorted((c.protocol, c.dst.port, c.method, c.status) for c in calls) == [
+        ("http", 9092, "GET", 200),
+        ("tls", 80, "TLS", None),
+    ]
