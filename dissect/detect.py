@@ -20,9 +20,10 @@ from dissect.base import Analyzer, ConnContext, Dissector, Verdict
 def default_analyzers() -> list[Analyzer]:
     """Every TCP analyzer podshark ships, most specific first."""
     from dissect.http1 import ANALYZER as HTTP1
+    from dissect.http2 import ANALYZER as HTTP2
     from dissect.tls import ANALYZER as TLS
 
-    return [HTTP1, TLS]
+    return [HTTP1, TLS, HTTP2]
 
 
 class Ignored:
