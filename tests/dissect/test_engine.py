@@ -143,3 +143,27 @@ def test_detection_is_by_content_not_port() -> None:
         ("http", 9092, "GET", 200),
         ("tls", 80, "TLS", None),
     ]
+
+
+def test_connect_tunnel_hands_over_to_detection_and_tls_is_seen_inside() -> None:
+    """CONNECT then TLS through the tunnel: the CONNECT call, then a tls call with the inner SNI."""
+    from tests.dissect.test_tls_handshakes import client_context, converse, server_context
+
+    tls = converse(client_context(), server_context(), sni="inner.podshark.test")
+    c = Conversation("10.0.0.1", 40000, "10.0.0.2", 3128)
+    frames = [(i, f) for i, f in enumerate(c.handshake())]
+    frames += [
+        (10, c.send(0, b"CONNECT inner.podshark.test:443 HTTP/1.1\r\nHost: inner.podshark.test:443\r\n\r\n"))
+    ]
+    frames += [(11, c.send(1, b"HTTP/1.1 200 Connection established\r\n\r\n"))]
+    for k, (direction, data) in enumerate(tls.segments):
+        frames.append((20 + k, c.send(direction, data)))
+    frames += [(90, c.fin(0)), (91, c.fin(1))]
+    _, calls = run(frames)
+    got = [(x.protocol, x.method, x.target, x.status) for x in calls]
+    assert got == [
+        ("http", "CONNECT", "inner.podshark.test:443", 200),
+        ("tls", "TLS", "inner.podshark.test", None),
+    ]
+    assert "upgrade" in calls[0].flags and calls[0].info["upgrade"] == "tunnel"
+    assert calls[1].sni == "inner.podshark.test" and "encrypted" in calls[1].flags
