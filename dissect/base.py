@@ -35,6 +35,7 @@ class Limits:
     detect_window: int = 64 << 10  # bytes looked at per direction to recognise a protocol
     max_connections: int = 200_000  # live connections tracked; the least recently active are evicted
     idle_timeout_ns: int = 600 * 1_000_000_000  # a connection silent this long is closed
+    udp_idle_timeout_ns: int = 60 * 1_000_000_000  # a UDP flow silent this long is closed
 
 
 class Budget:

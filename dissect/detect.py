@@ -26,6 +26,11 @@ def default_analyzers() -> list[Analyzer]:
     return [HTTP1, TLS, HTTP2]
 
 
+def default_udp_analyzers() -> list[Analyzer]:
+    """Every UDP analyzer podshark ships. Each datagram is a message start, so detection is clean."""
+    return []
+
+
 class Ignored:
     """Sink for connections no analyzer claimed: their bytes are dropped."""
 

@@ -19,12 +19,13 @@ import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from dissect.base import Analyzer, Budget, ConnContext, Dissector, Handoff, Limits
-from dissect.detect import Detecting, default_analyzers
+from dissect.detect import IGNORED, Detecting, default_analyzers, default_udp_analyzers
 from dissect.ipfrag import Fragments
 from dissect.model import Call, Endpoint
-from dissect.packet import IPPROTO_TCP, L4, decode, ip_text
+from dissect.packet import IPPROTO_TCP, IPPROTO_UDP, L4, decode, ip_text
 from dissect.pcapio import CaptureReader, Packet
 from dissect.tcp import ACK, SYN, TCPConn
+from dissect.udp import UDPFlow
 
 _tcp_hdr = struct.Struct("!HHIIBB").unpack_from
 _SWEEP_EVERY = 8192  # packets between idle sweeps
@@ -44,10 +45,14 @@ class Engine:
         limits: Limits | None = None,
         analyzers: Sequence[Analyzer] | None = None,
         call_id: Callable[[int], str] | None = None,
+        udp_analyzers: Sequence[Analyzer] | None = None,
     ) -> None:
         self.source = source
         self.limits = limits or Limits()
         self.analyzers = list(analyzers) if analyzers is not None else default_analyzers()
+        self.udp_analyzers = list(udp_analyzers) if udp_analyzers is not None else default_udp_analyzers()
+        self.udp_flows: dict[tuple[bytes, int, bytes, int], tuple[UDPFlow, int]] = {}
+        self.udp: dict[int, UDPFlow] = {}
         self.flows: dict[tuple[bytes, int, bytes, int], tuple[TCPConn, int]] = {}
         self.conns: dict[int, TCPConn] = {}
         self.frags = Fragments()
@@ -120,8 +125,17 @@ class Engine:
     def _dispatch(self, ts: int, seg: L4 | None) -> None:
         self.packets += 1
         self.now = ts
-        if seg is None or seg[0] != IPPROTO_TCP:
+        self._since_sweep += 1
+        if self._since_sweep >= _SWEEP_EVERY:
+            self._sweep(ts)
+        if seg is None:
             self.undecoded += 1
+            return
+        if seg[0] != IPPROTO_TCP:
+            if seg[0] == IPPROTO_UDP and self.udp_analyzers:
+                self._udp(ts, seg)
+            else:
+                self.undecoded += 1
             return
         _proto, src, dst, data, off, end, missing = seg
         if end - off < 20:
@@ -141,9 +155,6 @@ class Engine:
         else:
             conn, d = hit
         conn.segment(d, seq, ack, flags, payload, missing, ts)
-        self._since_sweep += 1
-        if self._since_sweep >= _SWEEP_EVERY:
-            self._sweep(ts)
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -207,6 +218,59 @@ class Engine:
         self.conns[idx] = conn
         return conn
 
+    def _udp(self, ts: int, seg: L4) -> None:
+        _proto, src, dst, data, off, end, missing = seg
+        if end - off < 8:
+            self.undecoded += 1
+            return
+        sport = data[off] << 8 | data[off + 1]
+        dport = data[off + 2] << 8 | data[off + 3]
+        hit = self.udp_flows.get((src, sport, dst, dport))
+        if hit is None:
+            flow = self._new_udp(src, sport, dst, dport, ts)
+            d = 0
+        else:
+            flow, d = hit
+        flow.datagram(d, data[off + 8 : end], missing, ts)
+
+    def _new_udp(self, src: bytes, sport: int, dst: bytes, dport: int, ts: int) -> UDPFlow:
+        if len(self.udp) >= self.limits.max_connections:
+            for old in sorted(self.udp.values(), key=lambda f: f.last_ts)[: max(1, len(self.udp) // 10)]:
+                self._drop_udp(old, ts)
+        self._conn_index += 1
+        idx = self._conn_index
+        ctx = ConnContext(
+            flow_id=f"{self.source}/f{idx}",
+            endpoints=(Endpoint(ip=ip_text(src), port=sport), Endpoint(ip=ip_text(dst), port=dport)),
+            emit=self._emit,
+            transport="udp",
+            handshake_seen=True,  # every datagram starts a message
+            limits=self.limits,
+            budget=self.body_budget,
+        )
+        flow = UDPFlow(IGNORED, idx)
+
+        def decided(dissector: Dissector) -> None:
+            flow.sink = dissector
+
+        flow.sink = Detecting(ctx, self.udp_analyzers, min(sport, dport), decided)
+        k0, k1 = (src, sport, dst, dport), (dst, dport, src, sport)
+        flow.keys = (k0, k1)
+        flow.last_ts = ts
+        self.udp_flows[k0] = (flow, 0)
+        self.udp_flows[k1] = (flow, 1)
+        self.udp[idx] = flow
+        return flow
+
+    def _drop_udp(self, flow: UDPFlow, ts: int) -> None:
+        flow.finish(ts)
+        if flow.keys is not None:
+            for k in flow.keys:
+                hit = self.udp_flows.get(k)  # type: ignore[call-overload]
+                if hit is not None and hit[0] is flow:
+                    del self.udp_flows[k]  # type: ignore[arg-type]
+        self.udp.pop(flow.index, None)
+
     def _drop(self, conn: TCPConn, ts: int) -> None:
         conn.finish(ts)
         if conn.keys is not None:
@@ -223,6 +287,9 @@ class Engine:
         linger = now - LINGER_NS
         for conn in [c for c in self.conns.values() if c.last_ts < idle or (c.closed and c.last_ts < linger)]:
             self._drop(conn, now)
+        udp_idle = now - self.limits.udp_idle_timeout_ns
+        for flow in [f for f in self.udp.values() if f.last_ts < udp_idle]:
+            self._drop_udp(flow, now)
         self.frags.expire(now)
 
     def _evict_oldest(self, now: int) -> None:
@@ -235,6 +302,8 @@ class Engine:
         """End of input: every connection is closed and its pending calls flushed."""
         for conn in list(self.conns.values()):
             self._drop(conn, self.now)
+        for flow in list(self.udp.values()):
+            self._drop_udp(flow, self.now)
 
     # -- output --------------------------------------------------------------------------------
 
