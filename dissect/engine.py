@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from dissect.base import Analyzer, Budget, ConnContext, Dissector, Handoff, Limits
 from dissect.detect import IGNORED, Detecting, default_analyzers, default_udp_analyzers
+from dissect.flows import FlowTable
 from dissect.ipfrag import Fragments
 from dissect.model import Call, Endpoint
 from dissect.packet import IPPROTO_TCP, IPPROTO_UDP, L4, decode, ip_text
@@ -51,10 +52,8 @@ class Engine:
         self.limits = limits or Limits()
         self.analyzers = list(analyzers) if analyzers is not None else default_analyzers()
         self.udp_analyzers = list(udp_analyzers) if udp_analyzers is not None else default_udp_analyzers()
-        self.udp_flows: dict[tuple[bytes, int, bytes, int], tuple[UDPFlow, int]] = {}
-        self.udp: dict[int, UDPFlow] = {}
-        self.flows: dict[tuple[bytes, int, bytes, int], tuple[TCPConn, int]] = {}
-        self.conns: dict[int, TCPConn] = {}
+        self.tcp: FlowTable[TCPConn] = FlowTable()
+        self.udp: FlowTable[UDPFlow] = FlowTable()
         self.frags = Fragments()
         self.ooo_budget = Budget(self.limits.max_ooo_total)
         self.body_budget = Budget(self.limits.max_body_total)
@@ -74,7 +73,7 @@ class Engine:
         """Dissect every packet, yielding calls as they complete, then flush at the end."""
         out = self.out
         dispatch = self._dispatch
-        flows = self.flows
+        flows = self.tcp.by_key
         frags = self.frags
         tcp_hdr = _tcp_hdr
         fast = 0  # packets taken by the inlined path since the counters were last brought up to date
@@ -148,7 +147,7 @@ class Engine:
             missing = max(missing - (start - end), 0)
         else:
             payload = data[start:end]
-        hit = self.flows.get((src, sport, dst, dport))
+        hit = self.tcp.by_key.get((src, sport, dst, dport))
         if hit is None or (flags & SYN and not flags & ACK and self._reused(hit, seq)):
             conn = self._new_conn(src, sport, dst, dport, flags, ts)
             d = 0
@@ -166,11 +165,11 @@ class Engine:
         return conn.closed or nxt is None or nxt != (seq + 1) & 0xFFFFFFFF
 
     def _new_conn(self, src: bytes, sport: int, dst: bytes, dport: int, flags: int, ts: int) -> TCPConn:
-        old = self.flows.get((src, sport, dst, dport))
+        old = self.tcp.by_key.get((src, sport, dst, dport))
         if old is not None:
-            self._drop(old[0], ts)
-        if len(self.conns) >= self.limits.max_connections:
-            self._evict_oldest(ts)
+            self.tcp.drop(old[0], ts)
+        if len(self.tcp) >= self.limits.max_connections:
+            self.tcp.evict(ts)
         self._conn_index += 1
         idx = self._conn_index
         handshake = bool(flags & SYN) and not flags & ACK
@@ -210,12 +209,8 @@ class Engine:
 
         ctx.switch = switch
         conn.sink = Detecting(ctx, self.analyzers, port_hint, decided)
-        k0, k1 = (src, sport, dst, dport), (dst, dport, src, sport)
-        conn.keys = (k0, k1)
         conn.last_ts = ts
-        self.flows[k0] = (conn, 0)
-        self.flows[k1] = (conn, 1)
-        self.conns[idx] = conn
+        self.tcp.add(conn, src, sport, dst, dport)
         return conn
 
     def _udp(self, ts: int, seg: L4) -> None:
@@ -225,7 +220,7 @@ class Engine:
             return
         sport = data[off] << 8 | data[off + 1]
         dport = data[off + 2] << 8 | data[off + 3]
-        hit = self.udp_flows.get((src, sport, dst, dport))
+        hit = self.udp.by_key.get((src, sport, dst, dport))
         if hit is None:
             flow = self._new_udp(src, sport, dst, dport, ts)
             d = 0
@@ -235,8 +230,7 @@ class Engine:
 
     def _new_udp(self, src: bytes, sport: int, dst: bytes, dport: int, ts: int) -> UDPFlow:
         if len(self.udp) >= self.limits.max_connections:
-            for old in sorted(self.udp.values(), key=lambda f: f.last_ts)[: max(1, len(self.udp) // 10)]:
-                self._drop_udp(old, ts)
+            self.udp.evict(ts)
         self._conn_index += 1
         idx = self._conn_index
         ctx = ConnContext(
@@ -254,56 +248,23 @@ class Engine:
             flow.sink = dissector
 
         flow.sink = Detecting(ctx, self.udp_analyzers, min(sport, dport), decided)
-        k0, k1 = (src, sport, dst, dport), (dst, dport, src, sport)
-        flow.keys = (k0, k1)
         flow.last_ts = ts
-        self.udp_flows[k0] = (flow, 0)
-        self.udp_flows[k1] = (flow, 1)
-        self.udp[idx] = flow
+        self.udp.add(flow, src, sport, dst, dport)
         return flow
 
-    def _drop_udp(self, flow: UDPFlow, ts: int) -> None:
-        flow.finish(ts)
-        if flow.keys is not None:
-            for k in flow.keys:
-                hit = self.udp_flows.get(k)  # type: ignore[call-overload]
-                if hit is not None and hit[0] is flow:
-                    del self.udp_flows[k]  # type: ignore[arg-type]
-        self.udp.pop(flow.index, None)
-
-    def _drop(self, conn: TCPConn, ts: int) -> None:
-        conn.finish(ts)
-        if conn.keys is not None:
-            for k in conn.keys:
-                hit = self.flows.get(k)  # type: ignore[call-overload]
-                if hit is not None and hit[0] is conn:
-                    del self.flows[k]  # type: ignore[arg-type]
-        self.conns.pop(conn.index, None)
-
     def _sweep(self, now: int) -> None:
-        """Close idle connections and forget finished ones whose linger time is over."""
+        """Close idle flows and forget finished connections whose linger time is over."""
         self._since_sweep = 0
-        idle = now - self.limits.idle_timeout_ns
-        linger = now - LINGER_NS
-        for conn in [c for c in self.conns.values() if c.last_ts < idle or (c.closed and c.last_ts < linger)]:
-            self._drop(conn, now)
-        udp_idle = now - self.limits.udp_idle_timeout_ns
-        for flow in [f for f in self.udp.values() if f.last_ts < udp_idle]:
-            self._drop_udp(flow, now)
+        self.tcp.sweep(now, now - self.limits.idle_timeout_ns, now - LINGER_NS)
+        self.udp.sweep(now, now - self.limits.udp_idle_timeout_ns)
         self.frags.expire(now)
 
-    def _evict_oldest(self, now: int) -> None:
-        """The table is full: close the least recently active tenth of it."""
-        victims = sorted(self.conns.values(), key=lambda c: (not c.closed, c.last_ts))
-        for conn in victims[: max(1, len(victims) // 10)]:
-            self._drop(conn, now)
-
     def finish(self) -> None:
-        """End of input: every connection is closed and its pending calls flushed."""
-        for conn in list(self.conns.values()):
-            self._drop(conn, self.now)
-        for flow in list(self.udp.values()):
-            self._drop_udp(flow, self.now)
+        """End of input: every flow is closed and its pending calls flushed, oldest first."""
+        for conn in self.tcp.flows():
+            self.tcp.drop(conn, self.now)
+        for flow in self.udp.flows():
+            self.udp.drop(flow, self.now)
 
     # -- output --------------------------------------------------------------------------------
 
@@ -320,7 +281,7 @@ class Engine:
 
     def buffered_bytes(self) -> int:
         """Reassembly bytes held right now (for memory-bound tests and `doctor`)."""
-        return sum(c.buffered_bytes() for c in self.conns.values())
+        return sum(c.buffered_bytes() for c in self.tcp.flows())
 
 
 def file_source_id(path: str | os.PathLike[str]) -> str:

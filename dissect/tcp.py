@@ -40,7 +40,7 @@ class Direction:
 class TCPConn:
     """Reassembles one connection and drives its dissector (``sink``)."""
 
-    __slots__ = ("budget", "closed", "dirs", "index", "keys", "last_ts", "limits", "sink")
+    __slots__ = ("budget", "closed", "dirs", "index", "last_ts", "limits", "sink")
 
     def __init__(self, sink: Dissector, limits: Limits, budget: Budget, index: int = 0) -> None:
         self.sink = sink
@@ -50,7 +50,6 @@ class TCPConn:
         self.last_ts = 0
         self.closed = False
         self.index = index
-        self.keys: tuple[object, object] | None = None  # the engine's flow-table keys
 
     def segment(self, d: int, seq: int, ack: int, flags: int, payload: bytes, missing: int, ts: int) -> None:
         """One TCP segment of direction ``d`` (``missing``: payload bytes cut by the snap length)."""

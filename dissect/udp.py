@@ -14,14 +14,13 @@ from dissect.base import Dissector
 class UDPFlow:
     """One UDP 4-tuple (both directions) and its dissector (``sink``)."""
 
-    __slots__ = ("closed", "index", "keys", "last_ts", "sink")
+    __slots__ = ("closed", "index", "last_ts", "sink")
 
     def __init__(self, sink: Dissector, index: int = 0) -> None:
         self.sink = sink
         self.index = index
         self.last_ts = 0
         self.closed = False
-        self.keys: tuple[object, object] | None = None
 
     def datagram(self, d: int, payload: bytes, missing: int, ts: int) -> None:
         self.last_ts = ts

@@ -76,7 +76,7 @@ def test_connection_table_is_bounded() -> None:
     for i in range(1000):
         f = tcp_frame("10.0.0.1", 1024 + i, "10.0.0.2", 80, 5, 0, SYN)
         e.packet(i, 1, f)
-        assert len(e.conns) <= 100
+        assert len(e.tcp) <= 100
     e.finish()
 
 
