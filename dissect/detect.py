@@ -21,9 +21,10 @@ def default_analyzers() -> list[Analyzer]:
     """Every TCP analyzer podshark ships, most specific first."""
     from dissect.http1 import ANALYZER as HTTP1
     from dissect.http2 import ANALYZER as HTTP2
+    from dissect.kafka import ANALYZER as KAFKA
     from dissect.tls import ANALYZER as TLS
 
-    return [HTTP1, TLS, HTTP2]
+    return [HTTP1, TLS, HTTP2, KAFKA]
 
 
 def default_udp_analyzers() -> list[Analyzer]:
