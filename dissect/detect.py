@@ -19,17 +19,20 @@ from dissect.base import Analyzer, ConnContext, Dissector, Verdict
 
 def default_analyzers() -> list[Analyzer]:
     """Every TCP analyzer podshark ships, most specific first."""
+    from dissect.dns import ANALYZER as DNS
     from dissect.http1 import ANALYZER as HTTP1
     from dissect.http2 import ANALYZER as HTTP2
     from dissect.kafka import ANALYZER as KAFKA
     from dissect.tls import ANALYZER as TLS
 
-    return [HTTP1, TLS, HTTP2, KAFKA]
+    return [HTTP1, TLS, HTTP2, DNS, KAFKA]
 
 
 def default_udp_analyzers() -> list[Analyzer]:
     """Every UDP analyzer podshark ships. Each datagram is a message start, so detection is clean."""
-    return []
+    from dissect.dns import UDP_ANALYZER as DNS
+
+    return [DNS]
 
 
 class Ignored:
