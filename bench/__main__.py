@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import http1_dissect, http2_dissect
+from bench import dns_kafka_dissect, http1_dissect, http2_dissect
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = REPO / "BENCHMARKS.md"
@@ -26,6 +26,8 @@ BENCHES: dict[str, tuple[Bench, str]] = {
     http1_dissect.NAME: (http1_dissect.run, http1_dissect.TITLE),
     http2_dissect.NAME: (http2_dissect.run, http2_dissect.TITLE),
     http2_dissect.GRPC_NAME: (http2_dissect.run_grpc, http2_dissect.GRPC_TITLE),
+    dns_kafka_dissect.DNS_NAME: (dns_kafka_dissect.run_dns, dns_kafka_dissect.DNS_TITLE),
+    dns_kafka_dissect.KAFKA_NAME: (dns_kafka_dissect.run_kafka, dns_kafka_dissect.KAFKA_TITLE),
 }
 
 HEADER = """\

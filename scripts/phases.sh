@@ -101,7 +101,7 @@ case $cmd in
         phase "lint (ruff, mypy)" lint
         report ;;
     bench)
-        phase "system packages" system_packages "${APT_RUN[@]}" "${APT_TEST[@]}" wrk
+        phase "system packages" system_packages "${APT_RUN[@]}" "${APT_TEST[@]}" wrk dnsperf
         phase "python environment" python_env dev
         phase "benchmarks" "$VENV/bin/python" -m bench "$@"
         report ;;
