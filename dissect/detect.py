@@ -18,14 +18,19 @@ from dissect.base import Analyzer, ConnContext, Dissector, Verdict
 
 
 def default_analyzers() -> list[Analyzer]:
-    """Every TCP analyzer podshark ships, most specific first."""
+    """Every TCP analyzer podshark ships, most specific first.
+
+    Kafka comes before DNS: both frame messages with a length prefix, but a DNS-over-TCP stream can
+    never look like a Kafka request (its first four bytes read as an absurd size), while DNS's
+    mid-stream scan for chained messages would otherwise run over every Kafka connection.
+    """
     from dissect.dns import ANALYZER as DNS
     from dissect.http1 import ANALYZER as HTTP1
     from dissect.http2 import ANALYZER as HTTP2
     from dissect.kafka import ANALYZER as KAFKA
     from dissect.tls import ANALYZER as TLS
 
-    return [HTTP1, TLS, HTTP2, DNS, KAFKA]
+    return [HTTP1, TLS, HTTP2, KAFKA, DNS]
 
 
 def default_udp_analyzers() -> list[Analyzer]:

@@ -162,8 +162,24 @@ class FormatError(Exception):
 _PLAIN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_*")
 
 
+_PLAIN_BYTES = bytes(sorted(_PLAIN))
+# label bytes -> presentation text; labels repeat all the time ("com", service names). Bounded.
+_LABELS: dict[bytes, str] = {}
+_LABELS_MAX = 1 << 16
+
+
 def _label_text(label: bytes) -> str:
-    if all(b in _PLAIN for b in label):
+    text = _LABELS.get(label)
+    if text is None:
+        text = _label_escape(label)
+        if len(_LABELS) >= _LABELS_MAX:
+            _LABELS.clear()
+        _LABELS[label] = text
+    return text
+
+
+def _label_escape(label: bytes) -> str:
+    if not label.translate(None, _PLAIN_BYTES):  # every byte plain: one C-level check
         return label.decode("ascii")
     out = []
     for b in label:
