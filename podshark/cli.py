@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from podshark import __version__
 
@@ -54,6 +55,63 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SIZE",
         help="decoded body bytes kept per message (default 1MiB; larger bodies are marked truncated)",
     )
+    h = sub.add_parser(
+        "hub",
+        help="run the hub: ingest WebSocket, DuckDB store and query API",
+        description=(
+            "The hub service. Workers and 'podshark import' send calls to its ingest WebSocket; "
+            "'podshark calls' and the TUI query it. Every endpoint but /healthz needs the bearer token "
+            "from PODSHARK_TOKEN or --token-file."
+        ),
+    )
+    h.add_argument("--db", required=True, type=Path, metavar="DIR", help="directory of the DuckDB files")
+    h.add_argument("--listen", default="127.0.0.1:8898", metavar="HOST:PORT", help="default 127.0.0.1:8898")
+    h.add_argument("--retain", default=None, metavar="AGE", help="drop calls stored longer ago (e.g. 7d)")
+    h.add_argument("--max-size", type=_size, default=None, metavar="SIZE", help="keep the store under SIZE")
+    h.add_argument("--token-file", default=None, metavar="FILE", help="file holding the bearer token")
+    h.add_argument(
+        "--insecure-no-token",
+        action="store_true",
+        help="run without a token (only on a loopback address)",
+    )
+    h.add_argument("--batch-interval", type=float, default=1.0, help=argparse.SUPPRESS)
+
+    i = sub.add_parser(
+        "import",
+        help="dissect a capture and send its calls to a hub",
+        description=(
+            "Dissect a pcap/pcapng file and send its calls to a running hub over the ingest WebSocket, "
+            "in numbered batches that the hub acknowledges once stored. Importing a file twice stores "
+            "its calls once."
+        ),
+    )
+    i.add_argument("file", help="capture file (.pcap, .pcapng, optionally .gz)")
+    i.add_argument("--hub", required=True, metavar="URL", help="hub URL, e.g. http://127.0.0.1:8898")
+    i.add_argument("--token-file", default=None, metavar="FILE", help="file holding the bearer token")
+    i.add_argument("--batch", type=int, default=1000, metavar="N", help="calls per batch (default 1000)")
+    i.add_argument(
+        "--progress",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="progress bar on stderr: auto shows it for files over 8 MB when stderr is a terminal",
+    )
+
+    c = sub.add_parser(
+        "calls",
+        help="query a hub's history (table or JSON lines)",
+        description=(
+            "Print the calls a hub holds that match a filter, oldest first. Without --from/--to all "
+            "history is searched; without --limit every match is printed."
+        ),
+    )
+    c.add_argument("--hub", required=True, metavar="URL", help="hub URL, e.g. http://127.0.0.1:8898")
+    c.add_argument("--filter", default="", metavar="EXPR", help="filter expression (default: every call)")
+    c.add_argument("--from", dest="from_", default=None, metavar="T", help="RFC 3339 or relative (-5m)")
+    c.add_argument("--to", default=None, metavar="T", help="RFC 3339 or relative (-5m)")
+    c.add_argument("--limit", type=int, default=None, metavar="N", help="print at most N calls")
+    c.add_argument("--json", action="store_true", help="one Call JSON object per line, bodies included")
+    c.add_argument("--no-bodies", action="store_true", help="with --json: leave bodies out")
+    c.add_argument("--token-file", default=None, metavar="FILE", help="file holding the bearer token")
     return p
 
 
@@ -83,5 +141,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from podshark.dissect_cmd import run
 
         return run(args)
+    if args.command == "hub":
+        from podshark.hub_cmd import run as run_hub
+
+        return run_hub(args)
+    if args.command == "import":
+        from podshark.import_cmd import run as run_import
+
+        return run_import(args)
+    if args.command == "calls":
+        from podshark.calls_cmd import run as run_calls
+
+        return run_calls(args)
     parser.error(f"unknown command {args.command!r}")
     return EXIT_USAGE

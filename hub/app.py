@@ -1,0 +1,40 @@
+"""The hub's aiohttp application: `make_app(store, token)`.
+
+Routes: `GET /healthz` (open), and behind the bearer token (`hub/auth.py`): `GET /api/v1/calls`,
+`GET /api/v1/calls/{id}` (`hub/api.py`) and the ingest WebSocket `/api/v1/ingest`
+(`hub/ingest.py`, whose writer task starts and stops with the application). Not yet here: live,
+replay, export, stats and /metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from hub import api, auth, ingest
+from hub.store import Store
+
+
+def make_app(
+    store: Store,
+    token: str | None,
+    *,
+    batch_interval: float = 1.0,
+    batch_max_calls: int = 20_000,
+) -> web.Application:
+    """`token=None` means no auth (only allowed on loopback: `auth.check_startup`)."""
+    app = web.Application(middlewares=[auth.middleware(token)], client_max_size=64 << 20)
+    app[api.STORE_KEY] = store
+    writer = ingest.Writer(store, interval=batch_interval, max_calls=batch_max_calls)
+    app[ingest.WRITER_KEY] = writer
+
+    async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
+        writer.start()
+        yield
+        await writer.stop()
+
+    app.cleanup_ctx.append(writer_ctx)
+    api.add_routes(app)
+    app.router.add_get("/api/v1/ingest", ingest.handle_ingest)
+    return app
