@@ -7,8 +7,10 @@ hunting bugs by hand.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,3 +36,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="tshark is not installed (make test installs it)"))
         if not_root and "root" in item.keywords:
             item.add_marker(pytest.mark.skip(reason="needs root for network namespaces and capture"))
+
+
+@pytest.fixture(autouse=True)
+def _main_thread_event_loop() -> Iterator[None]:
+    """pyshark asks for the main thread's event loop with `asyncio.get_event_loop()`. After any test
+    that used `asyncio.run()` (the hub tests) there is none, and that call raises; give each test one
+    if the previous test in this worker left none."""
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+    yield
