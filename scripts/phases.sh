@@ -30,7 +30,7 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null;
 # Debian packages: the tests use real tshark/tcpdump/editcap, a real nginx and curl, and iproute2 for
 # network namespaces. Installed only when something is missing, so a warm machine skips apt entirely.
 APT_RUN=(python3-venv python3-pip)
-APT_TEST=(tshark tcpdump wireshark-common nginx-light curl iproute2 bc openssl nghttp2-server nghttp2-client dnsmasq bind9-dnsutils)
+APT_TEST=(tshark tcpdump wireshark-common nginx-light curl iproute2 bc openssl nghttp2-server nghttp2-client dnsmasq-base bind9-dnsutils)
 system_packages() {
     local want=("$@") missing=()
     $PY -c "import venv, ensurepip" 2>/dev/null || missing+=(python3-venv python3-pip)
@@ -42,7 +42,7 @@ system_packages() {
             iproute2) command -v ip >/dev/null || missing+=("$p") ;;
             nghttp2-server) command -v nghttpd >/dev/null || missing+=("$p") ;;
             nghttp2-client) command -v nghttp >/dev/null || missing+=("$p") ;;
-            dnsmasq) command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || missing+=("$p") ;;
+            dnsmasq-base) command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || missing+=("$p") ;;
             bind9-dnsutils) command -v dig >/dev/null || missing+=("$p") ;;
             *) command -v "$p" >/dev/null || missing+=("$p") ;;
         esac
