@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +97,8 @@ class Writer:
         self.queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self.stats = Stats()
         self._task: asyncio.Task[None] | None = None
+        # called on the event loop with the calls of every committed batch (live fan-out, stats)
+        self.listeners: list[Callable[[Sequence[Call]], None]] = []
         self._last_enforce = time.monotonic()
 
     def start(self) -> None:
@@ -162,6 +165,11 @@ class Writer:
             for p in batch:
                 p.conn.send({"type": "error", "seq": p.seq, "error": f"not stored: {e}"})
             return
+        for listener in self.listeners:
+            try:
+                listener(calls)
+            except Exception:
+                log.exception("listener %r failed", listener)
         for p in batch:
             if p.seq is not None:
                 p.conn.send({"type": "ack", "seq": p.seq, "calls": len(p.calls), "rejected": p.rejected})
@@ -216,6 +224,7 @@ def _error(conn: Conn, writer: Writer, text: str, **extra: Any) -> None:
 
 
 def _handle_frame(data: str | bytes, conn: Conn, writer: Writer) -> None:
+    """Decode the envelope and hand the message to its type's handler (`HANDLERS`)."""
     try:
         env = _ENVELOPE.decode(data)
     except msgspec.ValidationError as e:
@@ -224,18 +233,25 @@ def _handle_frame(data: str | bytes, conn: Conn, writer: Writer) -> None:
     except msgspec.DecodeError as e:
         _error(conn, writer, f"not JSON: {e}")
         return
-    if env.type == "hello":
-        conn.worker = env.worker or "?"
-        log.info("worker %s connected (%s)", conn.worker, ",".join(env.capabilities))
-        return
-    if env.type == "packets":
-        writer.stats.packets_messages += 1
-        if env.seq is not None:
-            conn.send({"type": "ack", "seq": env.seq, "stored": False})
-        return
-    if env.type != "calls":
+    handler = HANDLERS.get(env.type)
+    if handler is None:
         _error(conn, writer, f"unknown message type {env.type!r}", seq=env.seq)
         return
+    handler(env, data, conn, writer)
+
+
+def _on_hello(env: _Envelope, data: str | bytes, conn: Conn, writer: Writer) -> None:
+    conn.worker = env.worker or "?"
+    log.info("worker %s connected (%s)", conn.worker, ",".join(env.capabilities))
+
+
+def _on_packets(env: _Envelope, data: str | bytes, conn: Conn, writer: Writer) -> None:
+    writer.stats.packets_messages += 1
+    if env.seq is not None:
+        conn.send({"type": "ack", "seq": env.seq, "stored": False})
+
+
+def _on_calls(env: _Envelope, data: str | bytes, conn: Conn, writer: Writer) -> None:
     if env.seq is None:
         _error(conn, writer, "a calls message needs a seq")
         return
@@ -255,3 +271,11 @@ def _handle_frame(data: str | bytes, conn: Conn, writer: Writer) -> None:
     writer.stats.calls_received += len(good)
     writer.stats.calls_rejected += rejected
     writer.submit(_Pending(conn, env.seq, good, rejected))
+
+
+# One handler per message type: (envelope, the raw frame for handlers that decode more, conn, writer).
+HANDLERS: dict[str, Callable[[_Envelope, str | bytes, Conn, Writer], None]] = {
+    "hello": _on_hello,
+    "calls": _on_calls,
+    "packets": _on_packets,
+}
