@@ -1743,3 +1743,8 @@ def _help() -> str:
 
 
 HELP = _help()
+
+# Calls that failed: HTTP 5xx, and for every other protocol a non-zero status, where 0 is success
+# (gRPC, DNS rcode, Kafka error code). The same definition as the `5xx` and `error` classes of
+# `dissect.model.status_class`; the TUI's "errors only" and the hub's error rates use it.
+ERRORS = "((http or http2) and status >= 500 and status <= 599) or (not (http or http2) and status != 0)"

@@ -129,6 +129,25 @@ class Message(msgspec.Struct, kw_only=True):
         return None if d is None else msgspec.convert(d, cls)
 
 
+HTTP_PROTOCOLS = frozenset({"http", "http2"})
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "ok", "error", "other", "none")
+
+
+def status_class(protocol: str, status: int | None) -> str:
+    """The class a status belongs to, for colours, stats and metrics, in one vocabulary.
+
+    HTTP statuses class by their hundreds (`2xx` ... `5xx`; outside 100-599 `other`). For gRPC, DNS
+    and Kafka the status is a code where 0 is success: `ok` or `error`. No status (no response, a
+    gRPC call without grpc-status, opaque TLS) is `none`. `ERRORS` in dissect/filter.py is the
+    filter that selects the error classes (`5xx` and `error`); hub/stats.py has the same as SQL.
+    """
+    if status is None:
+        return "none"
+    if protocol in HTTP_PROTOCOLS:
+        return f"{status // 100}xx" if 100 <= status <= 599 else "other"
+    return "ok" if status == 0 else "error"
+
+
 class Call(msgspec.Struct, kw_only=True):
     """A request/response pair (or half of one), with identity and anomalies.
 

@@ -2,8 +2,8 @@
 
 Routes: `GET /healthz` (open), and behind the bearer token (`hub/auth.py`): `GET /api/v1/calls`,
 `GET /api/v1/calls/{id}` (`hub/api.py`) and the ingest WebSocket `/api/v1/ingest`
-(`hub/ingest.py`, whose writer task starts and stops with the application). Not yet here: live,
-replay, export, stats and /metrics.
+(`hub/ingest.py`, whose writer task starts and stops with the application), `GET /api/v1/stats`
+and `GET /metrics` (`hub/stats.py`, `hub/metrics.py`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from hub import api, auth, ingest
+from hub import api, auth, ingest, stats
 from hub.store import Store
 
 
@@ -37,4 +37,5 @@ def make_app(
     app.cleanup_ctx.append(writer_ctx)
     api.add_routes(app)
     app.router.add_get("/api/v1/ingest", ingest.handle_ingest)
+    stats.setup(app)
     return app

@@ -32,6 +32,7 @@ from aiohttp import WSMsgType, web
 
 from dissect.model import Call
 from hub.store import Store
+from hub.workers import Workers, WorkerState
 
 log = logging.getLogger("podshark.hub.ingest")
 
@@ -64,6 +65,7 @@ class Conn:
     """One ingest connection: its outbound queue (one sender task writes the socket)."""
 
     worker: str = "?"
+    state: WorkerState | None = None  # the registry entry of `worker` (hub/workers.py)
     out: asyncio.Queue[dict[str, Any] | None] = field(default_factory=asyncio.Queue)
     closed: bool = False
 
@@ -99,6 +101,7 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         # called on the event loop with the calls of every committed batch (live fan-out, stats)
         self.listeners: list[Callable[[Sequence[Call]], None]] = []
+        self.workers = Workers()
         self._last_enforce = time.monotonic()
 
     def start(self) -> None:
@@ -201,6 +204,8 @@ async def handle_ingest(request: web.Request) -> web.WebSocketResponse:
                 break
     finally:
         conn.closed = True
+        if conn.state is not None:
+            writer.workers.disconnected(conn.state)
         conn.out.put_nowait(None)
         with contextlib.suppress(Exception):
             await sender
@@ -220,6 +225,8 @@ async def _send_loop(ws: web.WebSocketResponse, conn: Conn) -> None:
 
 def _error(conn: Conn, writer: Writer, text: str, **extra: Any) -> None:
     writer.stats.frame_errors += 1
+    if conn.state is not None:
+        conn.state.errors += 1
     conn.send({"type": "error", "error": text, **extra})
 
 
@@ -237,11 +244,36 @@ def _handle_frame(data: str | bytes, conn: Conn, writer: Writer) -> None:
     if handler is None:
         _error(conn, writer, f"unknown message type {env.type!r}", seq=env.seq)
         return
+    if env.type != "hello":
+        _count(env, conn, writer)
     handler(env, data, conn, writer)
 
 
+def _count(env: _Envelope, conn: Conn, writer: Writer) -> None:
+    """Per-worker activity (hub/workers.py); a client that never said hello is worker "?"."""
+    if conn.state is None:
+        conn.state = writer.workers.get(conn.worker)
+        writer.workers.connected(conn.state, [])
+    state = conn.state
+    state.last_seen_ns = time.time_ns()
+    if env.type == "calls":
+        state.batches += 1
+        state.calls += len(env.calls)
+    elif env.type == "packets":
+        state.packets_messages += 1
+
+
 def _on_hello(env: _Envelope, data: str | bytes, conn: Conn, writer: Writer) -> None:
-    conn.worker = env.worker or "?"
+    name = env.worker or "?"
+    if conn.state is not None and conn.state.name != name:
+        writer.workers.disconnected(conn.state)
+        conn.state = None
+    conn.worker = name
+    if conn.state is None:
+        conn.state = writer.workers.get(name)
+        writer.workers.connected(conn.state, env.capabilities)
+    else:
+        conn.state.capabilities = [c[:64] for c in env.capabilities[:32]]
     log.info("worker %s connected (%s)", conn.worker, ",".join(env.capabilities))
 
 
@@ -273,9 +305,21 @@ def _on_calls(env: _Envelope, data: str | bytes, conn: Conn, writer: Writer) -> 
     writer.submit(_Pending(conn, env.seq, good, rejected))
 
 
+_STATS = msgspec.json.Decoder(dict[str, Any])
+
+
+def _on_stats(env: _Envelope, data: str | bytes, conn: Conn, writer: Writer) -> None:
+    """A worker's report on itself (drops, TLS coverage): kept for /api/v1/stats and /metrics."""
+    assert conn.state is not None  # set by _handle_frame
+    err = writer.workers.report(conn.state, _STATS.decode(data), len(data))
+    if err is not None:
+        _error(conn, writer, err, seq=env.seq)
+
+
 # One handler per message type: (envelope, the raw frame for handlers that decode more, conn, writer).
 HANDLERS: dict[str, Callable[[_Envelope, str | bytes, Conn, Writer], None]] = {
     "hello": _on_hello,
     "calls": _on_calls,
     "packets": _on_packets,
+    "stats": _on_stats,
 }

@@ -46,11 +46,11 @@ import itertools
 import os
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import msgspec
@@ -59,6 +59,7 @@ import pyarrow as pa
 from dissect.model import Call
 from hub import schema
 
+T = TypeVar("T")
 SECOND = 1_000_000_000
 HOUR = 3600 * SECOND
 
@@ -426,6 +427,27 @@ class Store:
             finally:
                 con.close()
         return int(row[0]) if row else 0
+
+    # ---- aggregates (hub/stats.py)
+
+    def read(self, fn: Callable[[duckdb.DuckDBPyConnection, str], T]) -> T | None:
+        """Run `fn(connection, calls)` in one snapshot, where `calls` is SQL naming every stored call
+        (a parenthesised UNION ALL of the partitions, to use as `FROM {calls} AS c`). For internal
+        aggregate queries that the column-whitelisted `query()` cannot express; `fn` must pass
+        every user value as a `?` parameter. None when nothing is stored yet."""
+        with self._gate.shared():
+            self._check_open()
+            parts = self.partitions()
+            if not parts:
+                return None
+            con = self._db.cursor()
+            try:
+                con.execute("BEGIN TRANSACTION")
+                out = fn(con, f"({self._union(parts)})")
+                con.execute("COMMIT")
+                return out
+            finally:
+                con.close()
 
     # ---- lifecycle
 
