@@ -224,7 +224,8 @@ def _info_test(op: type[Comparison], ptr: str, v: Value) -> Frag:
         t = _text_test(op, x, v)
         return _cat("coalesce(json_type(info, ", _p(ptr), ") = 'VARCHAR' AND ", t, ", false)")
     if isinstance(v, Bool):
-        x = _cat("json_extract(info, ", _p(ptr), ")::BOOLEAN")
+        # TRY_CAST: DuckDB may evaluate both sides of the AND, and "A"::BOOLEAN would be an error
+        x = _cat("TRY_CAST(json_extract(info, ", _p(ptr), ") AS BOOLEAN)")
         return _cat(
             "coalesce(json_type(info, ", _p(ptr), ") = 'BOOLEAN' AND ", x, " = ", _p(v.value), ", false)"
         )
