@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import dns_kafka_dissect, http1_dissect, http2_dissect
+from bench import dns_kafka_dissect, http1_dissect, http2_dissect, hub_ingest, hub_query
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = REPO / "BENCHMARKS.md"
@@ -28,6 +28,8 @@ BENCHES: dict[str, tuple[Bench, str]] = {
     http2_dissect.GRPC_NAME: (http2_dissect.run_grpc, http2_dissect.GRPC_TITLE),
     dns_kafka_dissect.DNS_NAME: (dns_kafka_dissect.run_dns, dns_kafka_dissect.DNS_TITLE),
     dns_kafka_dissect.KAFKA_NAME: (dns_kafka_dissect.run_kafka, dns_kafka_dissect.KAFKA_TITLE),
+    hub_ingest.NAME: (hub_ingest.run, hub_ingest.TITLE),
+    hub_query.NAME: (hub_query.run, hub_query.TITLE),
 }
 
 HEADER = """\

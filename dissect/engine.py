@@ -8,6 +8,13 @@ context; the engine stamps each with its id and yields it.
 Connections end on FIN/RST (they linger, closed, so late retransmissions are not mistaken for a
 new conversation), when idle for ``Limits.idle_timeout_ns`` of capture time, when the table is
 full (least recently active first), or at the end of input.
+
+Frames for export: an optional ``on_frame(ts, linktype, frame, orig_len, flow_id)`` hook sees every
+frame that belongs to a TCP connection or UDP flow, with the flow id its calls carry, right after the
+frame was dispatched. With the hook set, frames take the plain (not inlined) path; without it the
+hot path is untouched. The frames of a fragmented IP datagram are held (`dissect.fragframes`) until
+the datagram is whole and are then handed over with its flow; fragments of a datagram that never
+completes belong to no flow and are not reported.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dissect.base import Analyzer, Budget, ConnContext, Dissector, Handoff, Limits
 from dissect.detect import IGNORED, Detecting, default_analyzers, default_udp_analyzers
 from dissect.flows import FlowTable
+from dissect.fragframes import HeldFragments, frag_key
 from dissect.ipfrag import Fragments
 from dissect.model import Call, Endpoint
 from dissect.packet import IPPROTO_TCP, IPPROTO_UDP, L4, decode, ip_text
@@ -31,6 +39,8 @@ from dissect.udp import UDPFlow
 _tcp_hdr = struct.Struct("!HHIIBB").unpack_from
 _SWEEP_EVERY = 8192  # packets between idle sweeps
 LINGER_NS = 30 * 1_000_000_000  # how long a finished connection absorbs late packets
+# (ts ns, linktype, frame as captured, length on the wire, flow id) of a frame of a flow, for export
+FrameHook = Callable[[int, int, bytes, int, str], None]
 
 
 class Engine:
@@ -47,8 +57,11 @@ class Engine:
         analyzers: Sequence[Analyzer] | None = None,
         call_id: Callable[[int], str] | None = None,
         udp_analyzers: Sequence[Analyzer] | None = None,
+        on_frame: FrameHook | None = None,
     ) -> None:
         self.source = source
+        self.on_frame = on_frame  # see the module docstring; None keeps the inlined hot path
+        self.held_frags = HeldFragments()
         self.limits = limits or Limits()
         self.analyzers = list(analyzers) if analyzers is not None else default_analyzers()
         self.udp_analyzers = list(udp_analyzers) if udp_analyzers is not None else default_udp_analyzers()
@@ -71,6 +84,9 @@ class Engine:
 
     def run(self, packets: Iterable[Packet]) -> Iterator[Call]:
         """Dissect every packet, yielding calls as they complete, then flush at the end."""
+        if self.on_frame is not None:
+            yield from self._run_framed(packets)
+            return
         out = self.out
         dispatch = self._dispatch
         flows = self.tcp.by_key
@@ -111,9 +127,56 @@ class Engine:
         yield from out
         out.clear()
 
-    def packet(self, ts: int, linktype: int, frame: bytes) -> None:
-        """One captured frame. Finished calls are appended to ``self.out``."""
-        self._dispatch(ts, decode(linktype, frame, self.frags, ts))
+    def packet(self, ts: int, linktype: int, frame: bytes, orig_len: int | None = None) -> None:
+        """One captured frame (``orig_len``: its length on the wire, default as captured).
+        Finished calls are appended to ``self.out``."""
+        if self.on_frame is not None:
+            self._framed(ts, linktype, frame, len(frame) if orig_len is None else orig_len)
+        else:
+            self._dispatch(ts, decode(linktype, frame, self.frags, ts))
+
+    # -- the frame hook (export) ----------------------------------------------------------------
+
+    def _run_framed(self, packets: Iterable[Packet]) -> Iterator[Call]:
+        """`run` with the frame hook: every packet through `_framed`, none inlined."""
+        out = self.out
+        framed = self._framed
+        for ts, linktype, frame, wire in packets:
+            framed(ts, linktype, frame, wire)
+            if out:
+                yield from out
+                out.clear()
+        self.finish()
+        yield from out
+        out.clear()
+
+    def _framed(self, ts: int, linktype: int, frame: bytes, wire: int) -> None:
+        """Dispatch one frame, then tell the hook which flow took it (by the flow tables' key)."""
+        hook = self.on_frame
+        assert hook is not None
+        seg = decode(linktype, frame, self.frags, ts)
+        self._dispatch(ts, seg)
+        if seg is None:
+            key = frag_key(linktype, frame)
+            if key is not None:  # a fragment of a datagram not whole yet: its flow is not known
+                self.held_frags.hold(key, ts, linktype, frame, wire)
+            return
+        proto, src, dst, data, off, end, _missing = seg
+        held = []
+        if data is not frame:  # reassembled from fragments: the earlier ones were held
+            key = frag_key(linktype, frame)
+            if key is not None:
+                held = self.held_frags.release(key)
+        if end - off < 4 or proto not in (IPPROTO_TCP, IPPROTO_UDP):
+            return
+        k = (src, data[off] << 8 | data[off + 1], dst, data[off + 2] << 8 | data[off + 3])
+        hit = (self.tcp if proto == IPPROTO_TCP else self.udp).by_key.get(k)
+        if hit is None:
+            return
+        flow_id = self._prefix + "f" + str(hit[0].index)
+        for h_ts, h_linktype, h_frame, h_wire in held:
+            hook(h_ts, h_linktype, h_frame, h_wire, flow_id)
+        hook(ts, linktype, frame, wire, flow_id)
 
     def _count(self, n: int, ts: int) -> None:
         """Bring the packet counters up to date after ``n`` packets of the inlined path."""

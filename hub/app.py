@@ -3,7 +3,10 @@
 Routes: `GET /healthz` (open), and behind the bearer token (`hub/auth.py`): `GET /api/v1/calls`,
 `GET /api/v1/calls/{id}` (`hub/api.py`) and the ingest WebSocket `/api/v1/ingest`
 (`hub/ingest.py`, whose writer task starts and stops with the application), `GET /api/v1/stats`
-and `GET /metrics` (`hub/stats.py`, `hub/metrics.py`).
+and `GET /metrics` (`hub/stats.py`, `hub/metrics.py`), the live WebSocket `/api/v1/live`
+(`hub/live.py`, fed by the writer's commits) and the replay WebSocket `/api/v1/replay`
+(`hub/replay.py`), and `GET /api/v1/export` (`hub/export.py`: a pcapng of the frames of the
+matching calls' connections).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from hub import api, auth, ingest, stats
+from hub import api, auth, export, ingest, live, replay, stats
 from hub.store import Store
 
 
@@ -38,4 +41,7 @@ def make_app(
     api.add_routes(app)
     app.router.add_get("/api/v1/ingest", ingest.handle_ingest)
     stats.setup(app)
+    app[stats.LIVE_STATS_KEY] = live.setup(app, writer).stats
+    replay.add_routes(app)
+    export.add_routes(app)
     return app

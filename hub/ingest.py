@@ -7,13 +7,18 @@ Messages are JSON objects with a `type`:
   ones go to the writer, and `{"type": "ack", "seq": seq}` comes back only once the batch holding
   them is committed to the store. Invalid calls are reported in an `error` message (with `seq` and
   `index`) and counted in the ack's `rejected`; resending them would not help.
-- `packets` {seq, ...}: accepted and counted, not stored yet (export is a later step); acked at once.
+- `packets` {seq, linktype, packets: [{flow_id, ts, orig_len, data, linktype?}]}: raw frames for
+  pcap export (`data` base64, `ts` ns, `orig_len` the length on the wire, default len(data); a
+  packet's own `linktype` overrides the message's). Validated one by one like calls (a bad packet is
+  an `error` with `seq` and `index`, counted in the ack's `rejected`), stored by the same writer with
+  `Store.add_packets` and acked after that commit: `{"type": "ack", "seq", "packets", "rejected"}`.
 - anything else that is not a JSON object with a known type: `{"type": "error", "error": ...}`,
   and the stream goes on.
 
 The writer (`Writer`) is one task: it takes batches off a queue, gathers them for about a second
-(or until `max_calls`), runs one `Store.add` in a thread (one bulk insert, one transaction) and then
-queues the acks on each connection's sender. The store deduplicates by id, so a batch resent after
+(or until `max_calls`), runs one `Store.add` in a thread (one bulk insert, one transaction), and one
+`Store.add_packets` for the frames of the `packets` messages among them, and then queues the acks
+on each connection's sender. The store deduplicates by id, so a batch resent after
 a reconnect is stored once.
 """
 
@@ -21,17 +26,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import WSMsgType, web
 
-from dissect.model import Call
-from hub.store import Store
+from dissect.model import SCHEMA_VERSION, Call
+from hub.store import PacketRow, Store
 from hub.workers import Workers, WorkerState
 
 log = logging.getLogger("podshark.hub.ingest")
@@ -41,6 +47,8 @@ class _Envelope(msgspec.Struct):
     type: str
     seq: int | None = None
     calls: list[msgspec.Raw] = []
+    linktype: int | None = None  # packets: the link type of the message's frames
+    packets: list[msgspec.Raw] = []
     worker: str | None = None
     capabilities: list[str] = []
 
@@ -55,6 +63,9 @@ class Stats:
     calls_stored: int = 0
     calls_rejected: int = 0
     packets_messages: int = 0
+    packets_received: int = 0
+    packets_stored: int = 0
+    packets_rejected: int = 0
     frame_errors: int = 0
     commits: int = 0
     commit_errors: int = 0
@@ -80,6 +91,12 @@ class _Pending:
     seq: int | None
     calls: list[Call]
     rejected: int
+    packets: list[PacketRow] | None = None  # a `packets` message's valid frames
+
+    @property
+    def size(self) -> int:
+        """Calls plus frames: what the writer's batch size and back-pressure count."""
+        return len(self.calls) + (len(self.packets) if self.packets else 0)
 
 
 class Writer:
@@ -91,6 +108,7 @@ class Writer:
         interval: float = 1.0,
         max_calls: int = 20_000,
         enforce_every: float = 60.0,
+        max_queued: int = 200_000,
     ) -> None:
         self.store = store
         self.interval = interval
@@ -102,6 +120,10 @@ class Writer:
         # called on the event loop with the calls of every committed batch (live fan-out, stats)
         self.listeners: list[Callable[[Sequence[Call]], None]] = []
         self.workers = Workers()
+        self.max_queued = max_queued
+        self.queued = 0  # calls and frames submitted and not yet committed (or failed)
+        self._room = asyncio.Event()
+        self._room.set()
         self._last_enforce = time.monotonic()
 
     def start(self) -> None:
@@ -116,6 +138,20 @@ class Writer:
 
     def submit(self, item: _Pending) -> None:
         self.queue.put_nowait(item)
+        self.queued += item.size
+        if self.queued >= self.max_queued:
+            self._room.clear()
+
+    async def room(self) -> None:
+        """Wait while the writer is `max_queued` calls and frames behind: the ingest handlers stop
+        reading their sockets meanwhile, so TCP pushes back on the workers (which spool) instead of
+        the hub's memory growing without bound."""
+        await self._room.wait()
+
+    def _done(self, batch: list[_Pending]) -> None:
+        self.queued -= sum(p.size for p in batch)
+        if self.queued < self.max_queued:
+            self._room.set()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -125,7 +161,7 @@ class Writer:
             if first is None:
                 break
             batch = [first]
-            n = len(first.calls)
+            n = first.size
             deadline = loop.time() + self.interval
             while n < self.max_calls:
                 timeout = deadline - loop.time()
@@ -139,7 +175,7 @@ class Writer:
                     stopping = True
                     break
                 batch.append(item)
-                n += len(item.calls)
+                n += item.size
             await self._commit(batch)
             if self.store.retain_ns is not None or self.store.max_bytes is not None:
                 now = time.monotonic()
@@ -155,12 +191,22 @@ class Writer:
             await self._commit(rest)
 
     async def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            await self._store(batch)
+        finally:
+            self._done(batch)
+
+    async def _store(self, batch: list[_Pending]) -> None:
         calls = [c for p in batch for c in p.calls]
         loop = asyncio.get_running_loop()
         try:
             if calls:
-                new = await loop.run_in_executor(None, self.store.add, calls, time.time_ns())
+                new = await loop.run_in_executor(None, _add_and_thaw, self.store, calls, time.time_ns())
                 self.stats.calls_stored += new
+            frames = [r for p in batch if p.packets for r in p.packets]
+            if frames:
+                new = await loop.run_in_executor(None, self.store.add_packets, frames, time.time_ns())
+                self.stats.packets_stored += new
             self.stats.commits += 1
         except Exception as e:
             self.stats.commit_errors += 1
@@ -175,7 +221,7 @@ class Writer:
                 log.exception("listener %r failed", listener)
         for p in batch:
             if p.seq is not None:
-                p.conn.send({"type": "ack", "seq": p.seq, "calls": len(p.calls), "rejected": p.rejected})
+                p.conn.send(_ack(p))
 
 
 def _drain(q: asyncio.Queue[_Pending | None]) -> list[_Pending | None]:
@@ -200,6 +246,7 @@ async def handle_ingest(request: web.Request) -> web.WebSocketResponse:
         async for msg in ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 _handle_frame(msg.data, conn, writer)
+                await writer.room()
             elif msg.type == WSMsgType.ERROR:
                 break
     finally:
@@ -240,13 +287,20 @@ def _handle_frame(data: str | bytes, conn: Conn, writer: Writer) -> None:
     except msgspec.DecodeError as e:
         _error(conn, writer, f"not JSON: {e}")
         return
+    except RecursionError:
+        _error(conn, writer, "JSON nested too deeply; not read")
+        return
     handler = HANDLERS.get(env.type)
     if handler is None:
         _error(conn, writer, f"unknown message type {env.type!r}", seq=env.seq)
         return
     if env.type != "hello":
         _count(env, conn, writer)
-    handler(env, data, conn, writer)
+    try:
+        handler(env, data, conn, writer)
+    except Exception as e:  # a bug here must cost one message, never the worker's connection
+        log.exception("ingest: %s message from %s failed", env.type, conn.worker)
+        _error(conn, writer, f"the hub failed on this {env.type} message: {e!r}", seq=env.seq)
 
 
 def _count(env: _Envelope, conn: Conn, writer: Writer) -> None:
@@ -277,10 +331,129 @@ def _on_hello(env: _Envelope, data: str | bytes, conn: Conn, writer: Writer) -> 
     log.info("worker %s connected (%s)", conn.worker, ",".join(env.capabilities))
 
 
+# ---- packets (raw frames for pcap export)
+
+MAX_FRAME = 262144  # tcpdump's largest snap length: a longer "frame" is not one
+MAX_FLOW_ID = 256
+MAX_ERRORS_PER_MESSAGE = 20  # a message of a million bad packets gets 20 errors and a count
+
+
+class _Frame(msgspec.Struct):
+    """One packet of a `packets` message; the bounds are those of pcapng and of the store."""
+
+    flow_id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_FLOW_ID)]
+    ts: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+    data: Annotated[bytes, msgspec.Meta(max_length=MAX_FRAME)]
+    orig_len: Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)] | None = None
+    linktype: Annotated[int, msgspec.Meta(ge=0, le=0xFFFF)] | None = None
+
+
+_FRAME = msgspec.json.Decoder(_Frame)
+
+
+def _ack(p: _Pending) -> dict[str, Any]:
+    if p.packets is not None:
+        return {"type": "ack", "seq": p.seq, "packets": len(p.packets), "rejected": p.rejected}
+    return {"type": "ack", "seq": p.seq, "calls": len(p.calls), "rejected": p.rejected}
+
+
 def _on_packets(env: _Envelope, data: str | bytes, conn: Conn, writer: Writer) -> None:
+    """Validate each frame, number identical ones (`rep`, see `hub.store.PACKET_COLUMNS`) and queue
+    the valid ones for the writer, which acks after the commit."""
     writer.stats.packets_messages += 1
-    if env.seq is not None:
-        conn.send({"type": "ack", "seq": env.seq, "stored": False})
+    if env.seq is None:
+        _error(conn, writer, "a packets message needs a seq")
+        return
+    msg_linktype = env.linktype
+    if msg_linktype is not None and not 0 <= msg_linktype <= 0xFFFF:
+        _error(conn, writer, f"linktype {msg_linktype} is not a pcap link type (0..65535)", seq=env.seq)
+        msg_linktype = None
+    rows: list[PacketRow] = []
+    reps: dict[tuple[str, int, bytes], int] = {}
+    rejected = 0
+    for i, raw in enumerate(env.packets):
+        try:
+            f = _FRAME.decode(raw)
+            linktype = f.linktype if f.linktype is not None else msg_linktype
+            if linktype is None:
+                raise ValueError("no linktype: give one on the message or on the packet")
+            orig_len = len(f.data) if f.orig_len is None else f.orig_len
+            if orig_len < len(f.data):
+                raise ValueError(f"orig_len {orig_len} is less than the {len(f.data)} bytes captured")
+        except (msgspec.DecodeError, ValueError) as e:
+            rejected += 1
+            if rejected <= MAX_ERRORS_PER_MESSAGE:
+                _error(conn, writer, f"packet: {e}", seq=env.seq, index=i)
+            continue
+        key = (f.flow_id, f.ts, f.data)
+        rep = reps.get(key, 0)
+        reps[key] = rep + 1
+        rows.append((f.flow_id, f.ts, rep, linktype, orig_len, f.data))
+    if rejected > MAX_ERRORS_PER_MESSAGE:
+        more = rejected - MAX_ERRORS_PER_MESSAGE
+        _error(conn, writer, f"{more} more bad packets not reported", seq=env.seq)
+    writer.stats.packets_received += len(rows)
+    writer.stats.packets_rejected += rejected
+    writer.submit(_Pending(conn, env.seq, [], rejected, rows))
+
+
+_CALL = msgspec.json.Decoder(Call)
+_I64 = (1 << 63) - 1
+
+
+def _call_problem(c: Call) -> str | None:
+    """Why a decoded call cannot be stored, or None. msgspec checked the types; this checks what
+    the types do not say: the schema version, an id, ports that are ports, and integers that fit
+    the store's 64-bit columns (one out-of-range value would fail the whole commit)."""
+    if c.v != SCHEMA_VERSION:
+        return f"unsupported Call schema version {c.v!r} (this podshark reads {SCHEMA_VERSION})"
+    if not c.id:
+        return "call has no id"
+    for end, e in (("src", c.src), ("dst", c.dst)):
+        if e.port is not None and not 0 <= e.port <= 65535:
+            return f"{end}.port {e.port} is not a port number (0-65535)"
+        if e.pid is not None and not -_I64 <= e.pid <= _I64:
+            return f"{end}.pid {e.pid} does not fit in 64 bits"
+    q, r = c.request, c.response
+    for name, v in (
+        ("ingest_ts", c.ingest_ts),
+        ("request_ts", c.request_ts),
+        ("response_ts", c.response_ts),
+        ("latency_ns", c.latency_ns),
+        ("status", c.status),
+        ("request.body_size", None if q is None else q.body_size),
+        ("request.wire_size", None if q is None else q.wire_size),
+        ("response.body_size", None if r is None else r.body_size),
+        ("response.wire_size", None if r is None else r.wire_size),
+    ):
+        if v is not None and not -_I64 <= v <= _I64:
+            return f"{name} {v} does not fit in 64 bits"
+    return None
+
+
+# A full collection at most this often frees reference cycles among frozen objects (`_add_and_thaw`).
+FULL_COLLECTION_EVERY = 60.0
+_last_full_collection = time.monotonic()
+
+
+def _add_and_thaw(store: Store, calls: list[Call], now_ns: int) -> int:
+    """`Store.add`, then give the decoded calls back to the garbage collector.
+
+    `_on_calls` freezes what it decodes (`gc.freeze`): thousands of calls wait up to a second or
+    two for their commit, and every young-generation collection meanwhile walked them again (a
+    fifth of the hub's CPU at 20k calls/s, for objects that never form cycles and die by reference
+    counting). Once their batch is stored they are thawed into the oldest generation. Whatever
+    else was frozen along the way is thawed too, and a full collection at most once a minute frees
+    any cycles among it, so garbage cycles wait at most that long."""
+    global _last_full_collection
+    try:
+        return store.add(calls, now_ns)
+    finally:
+        gc.unfreeze()
+        now = time.monotonic()
+        if now - _last_full_collection >= FULL_COLLECTION_EVERY:
+            _last_full_collection = now
+            gc.collect()
 
 
 def _on_calls(env: _Envelope, data: str | bytes, conn: Conn, writer: Writer) -> None:
@@ -289,16 +462,33 @@ def _on_calls(env: _Envelope, data: str | bytes, conn: Conn, writer: Writer) -> 
         return
     good: list[Call] = []
     rejected = 0
-    for i, raw in enumerate(env.calls):
-        try:
-            call = Call.from_json(bytes(raw))
-            if not call.id:
-                raise ValueError("call has no id")
-        except ValueError as e:
+    decode = _CALL.decode
+    # The decoded calls hold no reference cycles and live until their commit: no collection while
+    # they are made (it doubled the cost of decoding), and frozen once made, so the collections
+    # until their commit skip them (the writer thaws them: `_add_and_thaw`).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for i, raw in enumerate(env.calls):
+            try:
+                call = decode(raw)
+            except msgspec.ValidationError as e:
+                problem = f"not a valid Call record: {e}"
+            except msgspec.DecodeError as e:
+                problem = f"not JSON: {e}"
+            else:
+                why = _call_problem(call)
+                if why is None:
+                    good.append(call)
+                    continue
+                problem = why
             rejected += 1
-            _error(conn, writer, str(e), seq=env.seq, index=i)
-            continue
-        good.append(call)
+            _error(conn, writer, problem, seq=env.seq, index=i)
+    finally:
+        if good:  # their commit thaws them (a message with no valid call freezes nothing)
+            gc.freeze()
+        if collecting:
+            gc.enable()
     writer.stats.batches += 1
     writer.stats.calls_received += len(good)
     writer.stats.calls_rejected += rejected

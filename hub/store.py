@@ -14,16 +14,29 @@ ATTACHed to one in-process DuckDB instance (an in-memory catalog); queries read 
 the partitions. Each reader gets its own connection to that instance (`cursor()`), so reads run
 beside the writer and see what was committed when their statement started (DuckDB's MVCC).
 
-Writes. `add()` builds one Arrow table from `schema.rows()` and runs one
-`INSERT ... SELECT ... FROM batch WHERE NOT EXISTS (same id in any partition)`: a bulk insert and
-the dedup in a single statement and a single transaction, so a call id seen twice is stored once
-(re-importing a capture stores nothing new). The anti-join needs no index and no second file
-(DuckDB cannot write two attached databases in one transaction, so a separate id index could
-drift from the calls after a crash). A stored copy of a call has the same timestamps as the call,
-so the anti-join reads only the stored rows in the batch's time range and zone maps skip the rest
-(3 ms instead of 80 ms for 5k ids against 3M stored): the dedup is "same id, same start time",
-which is what a resent or re-imported call is. Duplicates inside one batch keep the first.
-`python -m hub.store [N]` prints add() throughput.
+Writes. `add()` builds one Arrow table column by column (`schema.arrow_table`: no per-row dicts,
+no JSON copy of the call) and runs one `INSERT ... SELECT ... FROM batch WHERE NOT EXISTS (same id
+already stored)`: a bulk insert and the dedup in a single statement and a single transaction, so a
+call id seen twice is stored once (re-importing a capture stores nothing new). The anti-join needs
+no index and no second file (DuckDB cannot write two attached databases in one transaction, so a
+separate id index could drift from the calls after a crash). A stored copy of a call has the same
+start time (`ts`) as the call, so the dedup is "same id, same start time", which is what a resent
+or re-imported call is: the anti-join reads only the partitions whose span (below) meets the
+batch's times, and in them only the rows in that range (zone maps skip the rest). Duplicates inside
+one batch keep the first. `python -m hub.store [N]` prints add() throughput; `python -m bench
+hub_ingest` measures it properly (BENCHMARKS.md).
+
+Reading. Listings are ordered by (`ts`, id), the call's start time, a stored column. Every
+partition has a span: the first and last `ts` its calls may have, read once per partition when it
+is first needed and widened by the writer before each insert (so it is never narrower than what
+any snapshot holds). `query()` searches only the partitions whose span meets the window and the
+cursor, in the order of the listing (newest spans first for a newest-first page), a few at a
+time, and stops as soon as no partition left can hold a call that would rank before the last one
+found: the newest page of a day of calls reads one partition. Each search is two steps in one
+snapshot: the page's positions (ts, id, partition, rowid) reading only what the filter and the
+order need, then the asked-for columns of just those rows by rowid. `record` (the JSON without
+bodies) is written from the columns for just those rows (`schema.summary_from_row`). The cursor
+condition is written with a plain `ts <= ?` first so DuckDB prunes row groups with it.
 
 Durability. Each `add()` is one committed transaction; DuckDB writes the commit to the partition's
 WAL before returning, so a `kill -9` after `add()` returned loses nothing, and reopening the
@@ -33,8 +46,9 @@ Concurrency. One writer (add, enforce, close) at a time, any number of readers. 
 readers-writer gate keeps ATTACH and DETACH (new partition, retention) apart from running queries;
 inserts take it shared, beside the readers.
 
-Extension point: `_partition_ddl` lists the tables each partition gets. The raw frames for export
-(`packets`) will be a second table there, dropped with its partition.
+Extension point: `_partition_ddl` lists the tables each partition gets: `calls`, and `packets`
+(the raw frames behind the calls, for pcap export; see the "packets" section), which retention
+drops with its partition.
 """
 
 from __future__ import annotations
@@ -46,7 +60,7 @@ import itertools
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +69,7 @@ from typing import Any, TypeVar
 import duckdb
 import msgspec
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from dissect.model import Call
 from hub import schema
@@ -65,17 +80,38 @@ HOUR = 3600 * SECOND
 
 
 def _partition_ddl(alias: str) -> list[str]:
-    """The tables of one partition, in the database attached as `alias` (add `packets` here)."""
+    """The tables of one partition, in the database attached as `alias`."""
     calls = schema.create_table_sql(schema.TABLE)
     head = f"CREATE TABLE IF NOT EXISTS {schema.TABLE} ("
     assert calls.startswith(head)
-    return [f"CREATE TABLE IF NOT EXISTS {alias}.{schema.TABLE} (" + calls[len(head) :]]
+    return [
+        f"CREATE TABLE IF NOT EXISTS {alias}.{schema.TABLE} (" + calls[len(head) :],
+        f"CREATE TABLE IF NOT EXISTS {alias}.packets ({_PACKETS_DDL})",
+    ]
+
+
+# The raw frames of the flows behind the calls (hub/export.py). `rep` tells apart identical frames
+# (same flow, time and bytes) inside one ingest message: the first is 0, the next 1, ... so a
+# capture's real duplicates are kept while a resent message stores nothing new.
+PACKET_COLUMNS = (
+    ("flow_id", "VARCHAR"),
+    ("ts", "BIGINT"),
+    ("rep", "INTEGER"),
+    ("linktype", "INTEGER"),
+    ("orig_len", "BIGINT"),
+    ("data", "BLOB"),
+)
+# (flow_id, ts ns, rep, linktype, orig_len, data), in PACKET_COLUMNS order
+PacketRow = tuple[str, int, int, int, int, bytes]
+_PACKETS_DDL = ", ".join(f"{n} {t} NOT NULL" for n, t in PACKET_COLUMNS)
 
 
 _NAME_RE = re.compile(r"^calls-(\d{8}T\d{6})Z\.duckdb$")
 _NAME_FMT = "%Y%m%dT%H%M%S"
-# the order key of a call: when it started on the wire (Call.ts), so response-only calls sort too
-TS_SQL = "coalesce(request_ts, response_ts, 0)"
+# the order key of a call: when it started on the wire (Call.ts, stored as column `ts`), so
+# response-only calls sort too
+TS_SQL = "ts"
+Span = tuple[int, int]  # first and last start time (ts) in a partition
 _CURSOR = msgspec.json.Encoder()
 _CURSOR_DECODE = msgspec.json.Decoder(tuple[int, str])
 
@@ -89,6 +125,14 @@ class Partition:
     start_ns: int
     path: Path
     alias: str  # our own identifier, never user text
+
+
+def _ranges(ts: pa.ChunkedArray) -> list[Span]:
+    """[first, last] ranges covering a batch's start times; calls without a timestamp (ts 0) apart."""
+    lo, hi = (v.as_py() for v in pc.min_max(ts).values())
+    if lo != 0 or hi == 0:
+        return [(lo, hi)]
+    return [(0, 0), (pc.min(pc.filter(ts, pc.not_equal(ts, 0))).as_py(), hi)]
 
 
 def _arrow_type(t: str) -> pa.DataType:
@@ -111,7 +155,18 @@ def _arrow_type(t: str) -> pa.DataType:
     raise ValueError(f"no Arrow type for DuckDB type {t}")
 
 
-ARROW_SCHEMA = pa.schema([(n, _arrow_type(t)) for n, t in schema.COLUMNS])
+def _shape(rows: list[tuple[Any, ...]], read: list[str], columns: Sequence[str]) -> list[tuple[Any, ...]]:
+    """Rows of the `read` columns as rows of `columns`, writing `record` (the JSON without bodies,
+    as text) from the columns it is made of (`schema.summary_from_row`)."""
+    at = {c: i for i, c in enumerate(read)}
+    summary = [at[c] for c in schema.SUMMARY_COLUMNS]
+    return [
+        tuple(
+            schema.summary_from_row(*[r[i] for i in summary]).decode() if c == schema.RECORD else r[at[c]]
+            for c in columns
+        )
+        for r in rows
+    ]
 
 
 def _quote_literal(text: str) -> str:
@@ -120,17 +175,20 @@ def _quote_literal(text: str) -> str:
 
 
 class _Gate:
-    """Readers-writer gate: many shared holders, or one exclusive holder."""
+    """Readers-writer gate: many shared holders, or one exclusive holder. A waiting exclusive
+    holder goes first: new shared holders wait behind it, so readers arriving back to back (a
+    busy API) cannot keep a new partition or retention waiting for seconds (they did)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._shared = 0
         self._exclusive = False
+        self._waiting = 0  # exclusive holders waiting
 
     @contextmanager
     def shared(self) -> Iterator[None]:
         with self._cond:
-            while self._exclusive:
+            while self._exclusive or self._waiting:
                 self._cond.wait()
             self._shared += 1
         try:
@@ -143,8 +201,12 @@ class _Gate:
     @contextmanager
     def exclusive(self) -> Iterator[None]:
         with self._cond:
-            while self._exclusive or self._shared:
-                self._cond.wait()
+            self._waiting += 1
+            try:
+                while self._exclusive or self._shared:
+                    self._cond.wait()
+            finally:
+                self._waiting -= 1
             self._exclusive = True
         try:
             yield
@@ -164,6 +226,44 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
         return _CURSOR_DECODE.decode(raw)
     except (binascii.Error, ValueError, msgspec.DecodeError) as e:
         raise StoreError(f"not a cursor: {cursor[:64]!r}") from e
+
+
+@dataclass(frozen=True)
+class FlowSelection:
+    """What an export selects: the flows of the matching calls (`Store.flow_ids`)."""
+
+    flow_ids: list[str]
+    calls: int
+    first_ts: int | None  # earliest start of a matching call
+    last_ts: int | None  # latest end (response, else request) of a matching call
+
+
+PACKETS_ARROW = pa.schema([(n, _arrow_type(t)) for n, t in PACKET_COLUMNS])
+
+
+def _window_sql(from_ns: int | None, to_ns: int | None) -> tuple[str, list[object]]:
+    conds: list[str] = ["true"]
+    args: list[object] = []
+    if from_ns is not None:
+        conds.append("ts >= ?")
+        args.append(from_ns)
+    if to_ns is not None:
+        conds.append("ts < ?")
+        args.append(to_ns)
+    return " AND ".join(conds), args
+
+
+def _after_sql(part_start: int, last: tuple[int, int, int] | None) -> tuple[str, list[object]]:
+    """Rows of the partition starting at `part_start` that come after position `last` = (ts,
+    partition start, rowid) in the export order (ts, partition start, rowid)."""
+    if last is None:
+        return "true", []
+    ts, p, rid = last
+    if part_start > p:
+        return "ts >= ?", [ts]
+    if part_start < p:
+        return "ts > ?", [ts]
+    return "(ts > ? OR (ts = ? AND rowid > ?))", [ts, ts, rid]
 
 
 class Store:
@@ -193,6 +293,8 @@ class Store:
         self._parts: dict[int, Partition] = {}
         self._aliases = itertools.count()
         self._batches = itertools.count()
+        self._span: dict[str, Span | None] = {}  # partition alias -> its calls' ts span (`_spans`)
+        self._span_lock = threading.RLock()
         self._closed = False
         for p in sorted(self.root.iterdir()):
             m = _NAME_RE.match(p.name)
@@ -233,57 +335,84 @@ class Store:
         """Store a batch (one transaction, committed before returning); returns how many were new."""
         with self._write_lock:
             self._check_open()
-            unique: dict[str, Call] = {}
             for c in calls:
                 c.ingest_ts = now_ns
-                unique.setdefault(c.id, c)
-            if not unique:
+            batch = calls
+            if len({c.id for c in calls}) != len(calls):  # repeats inside the batch: keep the first
+                unique: dict[str, Call] = {}
+                for c in calls:
+                    unique.setdefault(c.id, c)
+                batch = list(unique.values())
+            if not batch:
                 return 0
             start = now_ns - now_ns % self.partition_ns
             if start not in self._parts:
                 with self._gate.exclusive():
                     self._attach(start)
-            batch = list(unique.values())
-            table = pa.Table.from_pydict(schema.rows(batch), schema=ARROW_SCHEMA)
-            name = f"batch_{next(self._batches)}"
+            table = schema.arrow_table(batch)
             with self._gate.shared():
-                target = self._parts[start]
-                existing, args = self._same_time(batch)
-                self._writer.register(name, table)
-                try:
-                    inserted = self._writer.execute(
-                        f"INSERT INTO {target.alias}.calls SELECT * FROM {name} AS b "
-                        f"WHERE NOT EXISTS (SELECT 1 FROM ({existing}) AS s WHERE s.id = b.id)",
-                        args,
-                    ).fetchone()
-                finally:
-                    self._writer.unregister(name)
-            return int(inserted[0]) if inserted else 0
+                return self._insert(self._parts[start], table)
 
-    def _same_time(self, batch: list[Call]) -> tuple[str, list[object]]:
-        """The ids already stored that could be those of `batch`: a stored copy of a call has the
-        same timestamps, so only rows in the batch's request_ts range (or, for calls without a
-        request, its response_ts range) are read, and DuckDB's zone maps skip the rest of every
-        partition. Without this the anti-join reads every stored id on every add."""
-        req = [c.request_ts for c in batch if c.request_ts is not None]
-        resp = [c.response_ts for c in batch if c.request_ts is None and c.response_ts is not None]
-        neither = any(c.request_ts is None and c.response_ts is None for c in batch)
+    def _insert(self, target: Partition, table: pa.Table) -> int:
+        """One INSERT of `table` into `target`, leaving out the ids already stored."""
+        name = f"batch_{next(self._batches)}"
+        existing, args = self._same_time(table.column("ts"))
+        sql = f"INSERT INTO {target.alias}.calls SELECT * FROM {name}"
+        if existing:
+            sql += f" AS b WHERE NOT EXISTS (SELECT 1 FROM ({existing}) AS s WHERE s.id = b.id)"
+        # widened before the insert: a partition's span may be wider than its rows, never narrower
+        self._widen(target, table.column("ts"))
+        self._writer.register(name, table)
+        try:
+            ((inserted,),) = self._writer.execute(sql, args).fetchall()
+        finally:
+            self._writer.unregister(name)
+        return int(inserted)
+
+    def _same_time(self, ts: pa.ChunkedArray) -> tuple[str, list[object]]:
+        """The ids already stored that could be those of a batch whose start times are `ts`: a
+        stored copy of a call has the same start time, so only the partitions whose span meets the
+        batch's are read, and in them only the rows in the batch's range (zone maps on `ts` skip
+        the rest). Without this the anti-join reads every stored id on every add. Calls without any
+        timestamp have ts 0; those are looked up apart, not as a range from 0 to now."""
+        ranges = _ranges(ts)
         selects: list[str] = []
         args: list[object] = []
-        for p in self.partitions():
-            if req:
-                selects.append(f"SELECT id FROM {p.alias}.calls WHERE request_ts BETWEEN ? AND ?")
-                args += [min(req), max(req)]
-            if resp:
-                selects.append(
-                    f"SELECT id FROM {p.alias}.calls WHERE request_ts IS NULL AND response_ts BETWEEN ? AND ?"
-                )
-                args += [min(resp), max(resp)]
-            if neither:
-                selects.append(
-                    f"SELECT id FROM {p.alias}.calls WHERE request_ts IS NULL AND response_ts IS NULL"
-                )
+        for p, (first, last) in self._spans(self.partitions(), self._writer):
+            for lo, hi in ranges:
+                if first <= hi and lo <= last:
+                    selects.append(f"SELECT id FROM {p.alias}.calls WHERE ts BETWEEN ? AND ?")
+                    args += [lo, hi]
         return " UNION ALL ".join(selects), args
+
+    def _spans(
+        self, parts: Sequence[Partition], con: duckdb.DuckDBPyConnection
+    ) -> list[tuple[Partition, Span]]:
+        """The partitions that hold calls, each with the span of start times (`ts`) its calls may
+        have. A partition is keyed by ingest time, not call time, so this is what lets a query or
+        the dedup skip whole partitions. Spans are kept in memory: read once per partition (with
+        `con`, the caller's connection), then widened by the writer before each insert, so a span
+        is never narrower than what any snapshot holds."""
+        out: list[tuple[Partition, Span]] = []
+        with self._span_lock:
+            for p in parts:
+                if p.alias not in self._span:
+                    ((first, last),) = con.execute(f"SELECT min(ts), max(ts) FROM {p.alias}.calls").fetchall()
+                    self._span[p.alias] = None if first is None else (first, last)
+                span = self._span[p.alias]
+                if span is not None:
+                    out.append((p, span))
+        return out
+
+    def _widen(self, part: Partition, ts: pa.ChunkedArray) -> None:
+        lo, hi = (v.as_py() for v in pc.min_max(ts).values())
+        with self._span_lock:
+            self._spans([part], self._writer)
+            old = self._span[part.alias]
+            self._span[part.alias] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+            live = {p.alias for p in self._parts.values()}
+            for alias in [a for a in self._span if a not in live]:  # detached by retention
+                del self._span[alias]
 
     # ---- retention
 
@@ -341,55 +470,80 @@ class Store:
         neither repeat nor shift the pages."""
         if order not in ("asc", "desc"):
             raise StoreError(f"order must be asc or desc, not {order!r}")
-        bad = [c for c in columns if c not in schema.COLUMN_TYPES]
+        bad = [c for c in columns if c not in schema.QUERY_COLUMNS]
         if bad or not columns:
             raise StoreError(f"unknown columns: {bad}")
         if limit is not None and limit < 1:
             raise StoreError("limit must be at least 1")
+        desc = order == "desc"
         conds: list[str] = [f"({where_sql})"] if where_sql.strip() else []
         args: list[object] = list(params)
+        # the start times a row may have, to skip partitions (and, through zone maps, row groups)
+        lo = from_ns if from_ns is not None else -(1 << 63)
+        hi = to_ns - 1 if to_ns is not None else (1 << 63) - 1
         if from_ns is not None:
-            conds.append(f"{TS_SQL} >= ?")
+            conds.append("ts >= ?")
             args.append(from_ns)
         if to_ns is not None:
-            conds.append(f"{TS_SQL} < ?")
+            conds.append("ts < ?")
             args.append(to_ns)
         if cursor is not None:
             ts, last = decode_cursor(cursor)
-            op = "<" if order == "desc" else ">"
-            conds.append(f"({TS_SQL} {op} ? OR ({TS_SQL} = ? AND id {op} ?))")
+            # (ts, id) before/after the cursor, with the plain range test on ts first: DuckDB
+            # pushes that one into the scan, where zone maps skip row groups
+            if desc:
+                conds.append("ts <= ? AND (ts < ? OR id < ?)")
+                hi = min(hi, ts)
+            else:
+                conds.append("ts >= ? AND (ts > ? OR id > ?)")
+                lo = max(lo, ts)
             args += [ts, ts, last]
-        direction = "DESC" if order == "desc" else "ASC"
-        cols = ", ".join(f'"{c}"' for c in columns)
+        direction = "DESC" if desc else "ASC"
+        # the stored columns to read: those asked for, and for `record` the ones it is made from
+        wanted = list(
+            dict.fromkeys(
+                x for c in columns for x in (schema.SUMMARY_COLUMNS if c == schema.RECORD else (c,))
+            )
+        )
+        cols = ", ".join(f'"{c}"' for c in wanted)
         where = " AND ".join(conds) or "true"
-        tail = ""
-        if limit is not None:
-            tail = " LIMIT ?"
-            args.append(limit + 1)
         with self._gate.shared():
             self._check_open()
             parts = self.partitions()
-            if not parts:
-                return [], None
-            # Two steps in one snapshot: the page's positions (start time, id, partition, rowid)
-            # first, reading only the columns the filter and the order need; then the requested
-            # columns of just those rows by rowid (reading `record` for every candidate row made a
-            # newest page 5x slower).
-            union = " UNION ALL ".join(
-                f"SELECT *, rowid AS _rid, {k} AS _part FROM {p.alias}.calls" for k, p in enumerate(parts)
-            )
-            sql = (
-                f"SELECT {TS_SQL} AS _ts, id AS _id, _part, _rid FROM ({union}) AS calls "
-                f"WHERE {where} ORDER BY _ts {direction}, _id {direction}{tail}"
-            )
             con = self._db.cursor()
             try:
                 con.execute("BEGIN TRANSACTION")
-                found = con.execute(sql, args).fetchall()
+                # Partitions that can hold the window, in the order of the listing (newest calls
+                # first for desc). With a limit they are searched a few at a time (1, 2, 4, ...)
+                # and the search stops once no partition left can hold a call that would rank
+                # before the last one found: a newest page reads one partition, not all of them.
+                spans = [
+                    (k, p, s) for k, (p, s) in enumerate(self._spans(parts, con)) if s[0] <= hi and lo <= s[1]
+                ]
+                spans.sort(key=lambda x: -x[2][1] if desc else x[2][0])
+                found: list[tuple[int, str, int, int]] = []  # (ts, id, partition index, rowid)
+                size = 1
+                while spans:
+                    extra, extra_args = "", []
+                    if limit is not None and len(found) > limit:
+                        edge = found[limit][0]
+                        if (spans[0][2][1] < edge) if desc else (spans[0][2][0] > edge):
+                            break
+                        extra, extra_args = f" AND ts {'>=' if desc else '<='} ?", [edge]
+                    group, spans = (spans[:size], spans[size:]) if limit is not None else (spans, [])
+                    size *= 2
+                    found += self._positions(
+                        con, group, where + extra, [*args, *extra_args], direction, limit
+                    )
+                    if limit is not None:  # merge with the earlier groups' rows
+                        found.sort(reverse=desc)
+                        del found[limit + 1 :]
                 nxt = None
                 if limit is not None and len(found) > limit:
                     found = found[:limit]
                     nxt = encode_cursor(found[-1][0], found[-1][1])
+                # second step, in the same snapshot: the requested columns of just the page's rows,
+                # by rowid (reading `record` for every candidate row made a newest page 5x slower)
                 by_part: dict[int, list[int]] = {}
                 for _, _, k, rid in found:
                     by_part.setdefault(k, []).append(rid)
@@ -404,7 +558,31 @@ class Store:
                 con.execute("COMMIT")
             finally:
                 con.close()
-        return [fetched[(k, rid)] for _, _, k, rid in found], nxt
+        rows = [fetched[(k, rid)] for _, _, k, rid in found]
+        return (rows if wanted == list(columns) else _shape(rows, wanted, columns)), nxt
+
+    @staticmethod
+    def _positions(
+        con: duckdb.DuckDBPyConnection,
+        group: list[tuple[int, Partition, Span]],
+        where: str,
+        args: list[object],
+        direction: str,
+        limit: int | None,
+    ) -> list[tuple[int, str, int, int]]:
+        """(ts, id, partition index, rowid) of the first `limit + 1` matches in `group`'s
+        partitions, reading only the columns the filter and the order need."""
+        union = " UNION ALL ".join(
+            f"SELECT *, rowid AS _rid, {k} AS _part FROM {p.alias}.calls" for k, p, _ in group
+        )
+        sql = (
+            f"SELECT ts, id, _part, _rid FROM ({union}) AS calls "
+            f"WHERE {where} ORDER BY ts {direction}, id {direction}"
+        )
+        if limit is not None:
+            sql += " LIMIT ?"
+            args = [*args, limit + 1]
+        return con.execute(sql, args).fetchall()
 
     def get(self, call_id: str) -> Call | None:
         """The whole call, bodies included."""
@@ -449,6 +627,195 @@ class Store:
             finally:
                 con.close()
 
+    # ---- packets (pcap export: hub/export.py; the rows come from `packets` ingest messages)
+
+    def add_packets(self, rows: Sequence[PacketRow], now_ns: int) -> int:
+        """Store raw frames (one transaction, committed before returning) in the partition of
+        `now_ns`, like `add()`; returns how many were new.
+
+        Deduplicated by (flow_id, ts, rep, data) against everything stored and within `rows`, so
+        importing a capture twice, or a message resent after a reconnect (even committed together
+        with its first copy), stores each frame once. As in `add()`, a stored copy has the same
+        timestamp, so the anti-join reads only stored rows in the batch's time range."""
+        with self._write_lock:
+            self._check_open()
+            unique: dict[tuple[str, int, int, bytes], PacketRow] = {}
+            for r in rows:
+                unique.setdefault((r[0], r[1], r[2], r[5]), r)
+            if not unique:
+                return 0
+            start = now_ns - now_ns % self.partition_ns
+            if start not in self._parts:
+                with self._gate.exclusive():
+                    self._attach(start)
+            cols = list(zip(*unique.values()))
+            table = pa.Table.from_arrays(
+                [pa.array(c, type=t) for c, t in zip(cols, PACKETS_ARROW.types)], schema=PACKETS_ARROW
+            )
+            lo, hi = min(cols[1]), max(cols[1])
+            names = ", ".join(n for n, _ in PACKET_COLUMNS)
+            name = f"packets_{next(self._batches)}"
+            with self._gate.shared():
+                target = self._parts[start]
+                parts = self.partitions()
+                existing = " UNION ALL ".join(
+                    f"SELECT flow_id, ts, rep, data FROM {p.alias}.packets WHERE ts BETWEEN ? AND ?"
+                    for p in parts
+                )
+                self._writer.register(name, table)
+                try:
+                    inserted = self._writer.execute(
+                        f"INSERT INTO {target.alias}.packets ({names}) SELECT {names} FROM {name} AS b "
+                        f"WHERE NOT EXISTS (SELECT 1 FROM ({existing}) AS s WHERE s.flow_id = b.flow_id "
+                        "AND s.ts = b.ts AND s.rep = b.rep AND s.data = b.data)",
+                        [lo, hi] * len(parts),
+                    ).fetchone()
+                finally:
+                    self._writer.unregister(name)
+            return int(inserted[0]) if inserted else 0
+
+    def flow_ids(
+        self,
+        where_sql: str = "",
+        params: Sequence[object] = (),
+        from_ns: int | None = None,
+        to_ns: int | None = None,
+    ) -> FlowSelection:
+        """The flows (connections) of the calls matching a compiled filter in a window of their start
+        time (as `query()`), with how many calls matched and when the first started and the last
+        ended. Flow ids are few next to frames (one per connection), so they are returned whole."""
+        conds: list[str] = [f"({where_sql})"] if where_sql.strip() else []
+        args: list[object] = list(params)
+        if from_ns is not None:
+            conds.append(f"{TS_SQL} >= ?")
+            args.append(from_ns)
+        if to_ns is not None:
+            conds.append(f"{TS_SQL} < ?")
+            args.append(to_ns)
+        where = " AND ".join(conds) or "true"
+        with self._gate.shared():
+            self._check_open()
+            parts = self.partitions()
+            if not parts:
+                return FlowSelection([], 0, None, None)
+            con = self._db.cursor()
+            try:
+                rows = con.execute(
+                    f"SELECT flow_id, count(*), min({TS_SQL}), max(coalesce(response_ts, request_ts)) "
+                    f"FROM ({self._union(parts)}) AS calls WHERE {where} GROUP BY flow_id",
+                    args,
+                ).fetchall()
+            finally:
+                con.close()
+        flows = sorted(r[0] for r in rows if r[0] is not None)
+        calls = sum(int(r[1]) for r in rows)
+        firsts = [r[2] for r in rows if r[2] is not None]
+        lasts = [r[3] for r in rows if r[3] is not None]
+        return FlowSelection(flows, calls, min(firsts, default=None), max(lasts, default=None))
+
+    def count_packets(
+        self, flow_ids: Sequence[str], from_ns: int | None = None, to_ns: int | None = None
+    ) -> tuple[int, int]:
+        """(frames, captured bytes) stored for `flow_ids` in [from_ns, to_ns): what `packets()` will
+        give unless frames arrive meanwhile (for the export's headers and progress)."""
+        if not flow_ids:
+            return 0, 0
+        with self._gate.shared():
+            self._check_open()
+            parts = self.partitions()
+            if not parts:
+                return 0, 0
+            con = self._db.cursor()
+            try:
+                flows = self._register_flows(con, flow_ids)
+                window, wargs = _window_sql(from_ns, to_ns)
+                union = " UNION ALL ".join(
+                    f"SELECT octet_length(data) AS n FROM {p.alias}.packets "
+                    f"WHERE flow_id IN (SELECT flow_id FROM {flows}) AND {window}"
+                    for p in parts
+                )
+                row = con.execute(
+                    f"SELECT count(*), coalesce(sum(n), 0) FROM ({union})", wargs * len(parts)
+                ).fetchone()
+            finally:
+                con.close()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    def packets(
+        self,
+        flow_ids: Sequence[str],
+        from_ns: int | None = None,
+        to_ns: int | None = None,
+        page: int = 4096,
+        fetch: int = 256,
+    ) -> Generator[tuple[int, int, int, bytes], None, None]:
+        """Every stored frame of `flow_ids` with ts in [from_ns, to_ns), as (ts, linktype, orig_len,
+        data), ordered by time (ties in the order stored). Streams in bounded memory: each page first
+        finds the positions (ts, partition, rowid) of the next `page` frames, reading no frame bytes
+        (DuckDB keeps a top-N heap), then fetches the bytes `fetch` frames at a time. The gate is held
+        only while reading, never while the caller consumes, so the writer never waits on a slow
+        download; a partition dropped by retention meanwhile simply yields no more frames."""
+        if not flow_ids:
+            return
+        window, wargs = _window_sql(from_ns, to_ns)
+        con = self._db.cursor()
+        try:
+            flows = self._register_flows(con, flow_ids)
+            last: tuple[int, int, int] | None = None
+            while True:
+                with self._gate.shared():
+                    self._check_open()
+                    selects: list[str] = []
+                    args: list[object] = []
+                    for p in self.partitions():
+                        pos, pargs = _after_sql(p.start_ns, last)
+                        selects.append(
+                            f"SELECT ts, {int(p.start_ns)}::BIGINT AS _p, rowid AS _r FROM {p.alias}.packets "
+                            f"WHERE flow_id IN (SELECT flow_id FROM {flows}) AND {window} AND {pos}"
+                        )
+                        args += wargs + pargs
+                    if not selects:
+                        return
+                    found = con.execute(
+                        f"SELECT ts, _p, _r FROM ({' UNION ALL '.join(selects)}) ORDER BY ts, _p, _r LIMIT ?",
+                        [*args, page],
+                    ).fetchall()
+                if not found:
+                    return
+                for k in range(0, len(found), fetch):
+                    chunk = found[k : k + fetch]
+                    by_part: dict[int, list[int]] = {}
+                    for _, p_start, rid in chunk:
+                        by_part.setdefault(p_start, []).append(rid)
+                    got: dict[tuple[int, int], tuple[int, int, bytes]] = {}
+                    with self._gate.shared():
+                        self._check_open()
+                        for p_start, rids in by_part.items():
+                            part = self._parts.get(p_start)
+                            if part is None:  # dropped by retention since the page was found
+                                continue
+                            for rid, linktype, orig_len, data in con.execute(
+                                f"SELECT rowid, linktype, orig_len, data FROM {part.alias}.packets "
+                                "WHERE rowid = ANY(?::BIGINT[])",
+                                [rids],
+                            ).fetchall():
+                                got[(p_start, rid)] = (linktype, orig_len, data)
+                    for ts, p_start, rid in chunk:
+                        row = got.get((p_start, rid))
+                        if row is not None:
+                            yield ts, row[0], row[1], row[2]
+                if len(found) < page:
+                    return
+                last = found[-1]
+        finally:
+            con.close()
+
+    def _register_flows(self, con: duckdb.DuckDBPyConnection, flow_ids: Sequence[str]) -> str:
+        """Register `flow_ids` as a relation on `con` (a reader's own connection); returns its name."""
+        name = f"flows_{next(self._batches)}"
+        con.register(name, pa.table({"flow_id": pa.array(list(flow_ids), type=pa.string())}))
+        return name
+
     # ---- lifecycle
 
     def _check_open(self) -> None:
@@ -474,7 +841,7 @@ class Store:
         self.close()
 
 
-def _bench(n: int = 100_000, batch: int = 5_000) -> None:
+def _bench(n: int = 100_000, batch: int = 20_000) -> None:
     """rows/s of add() for `n` realistic calls in batches of `batch` (printed for the lead)."""
     import tempfile
     import time

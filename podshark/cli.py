@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"podshark {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    from dissect.filter import HELP as filter_help  # small and pure: shown by calls/export --help
 
     d = sub.add_parser(
         "dissect",
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--hub", required=True, metavar="URL", help="hub URL, e.g. http://127.0.0.1:8898")
     i.add_argument("--token-file", default=None, metavar="FILE", help="file holding the bearer token")
     i.add_argument("--batch", type=int, default=1000, metavar="N", help="calls per batch (default 1000)")
+    i.add_argument("--no-packets", action="store_true", help="send calls only, not the frames (no export)")
     i.add_argument(
         "--progress",
         choices=("auto", "always", "never"),
@@ -98,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser(
         "calls",
+        epilog=filter_help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="query a hub's history (table or JSON lines)",
         description=(
             "Print the calls a hub holds that match a filter, oldest first. Without --from/--to all "
@@ -112,6 +116,59 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="one Call JSON object per line, bodies included")
     c.add_argument("--no-bodies", action="store_true", help="with --json: leave bodies out")
     c.add_argument("--token-file", default=None, metavar="FILE", help="file holding the bearer token")
+
+    e = sub.add_parser(
+        "export",
+        epilog=filter_help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="write the frames of matching calls' connections to a pcapng file",
+        description=(
+            "Ask a hub for a pcapng of the original frames of the connections behind the calls that "
+            "match a filter and window, byte for byte, for Wireshark or tshark. Without --from/--to "
+            "all history is searched. --frames window keeps only the frames inside the window."
+        ),
+    )
+    e.add_argument("--hub", required=True, metavar="URL", help="hub URL, e.g. http://127.0.0.1:8898")
+    e.add_argument("--filter", default="", metavar="EXPR", help="filter expression (default: every call)")
+    e.add_argument("--from", dest="from_", default=None, metavar="T", help="RFC 3339 or relative (-5m)")
+    e.add_argument("--to", default=None, metavar="T", help="RFC 3339 or relative (-5m)")
+    e.add_argument(
+        "--frames",
+        choices=("connections", "window"),
+        default="connections",
+        help="whole connections (default; HTTP/2 needs their start) or only frames inside the window",
+    )
+    e.add_argument("-o", "--output", required=True, metavar="OUT.pcapng", help="file to write ('-': stdout)")
+    e.add_argument("--token-file", default=None, metavar="FILE", help="file holding the bearer token")
+    e.add_argument(
+        "--progress",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="progress bar on stderr: auto shows it when stderr is a terminal",
+    )
+
+    o = sub.add_parser(
+        "open",
+        help="load a capture into an embedded hub and browse it",
+        description=(
+            "Start a hub on loopback, load the capture into it (calls and frames, as `podshark import` "
+            "does) and open the terminal UI on the whole capture. The store is kept per capture under "
+            "~/.cache/podshark/open/, so opening the same file again is instant. With --no-ui the hub "
+            "keeps running until Ctrl-C and its URL and token are printed, for `podshark calls`, "
+            "`podshark export` or curl."
+        ),
+    )
+    o.add_argument("file", help="capture file (.pcap, .pcapng, optionally .gz)")
+    o.add_argument("--db", type=Path, default=None, metavar="DIR", help="store directory (default: per file)")
+    o.add_argument(
+        "--listen",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="hub address (default: a free local port)",
+    )
+    o.add_argument("--token-file", default=None, metavar="FILE", help="hub token (default: a random one)")
+    o.add_argument("--no-ui", action="store_true", help="serve the hub and print its URL and token; no TUI")
+
     return p
 
 
@@ -153,5 +210,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from podshark.calls_cmd import run as run_calls
 
         return run_calls(args)
+    if args.command == "export":
+        from podshark.export_cmd import run as run_export
+
+        return run_export(args)
+    if args.command == "open":
+        from podshark.open_cmd import run as run_open
+
+        return run_open(args)
     parser.error(f"unknown command {args.command!r}")
     return EXIT_USAGE

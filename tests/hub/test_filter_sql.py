@@ -636,7 +636,7 @@ def _snapshot(con: duckdb.DuckDBPyConnection) -> tuple[Any, ...]:
         columns,
         con.execute("SELECT count(*) FROM calls").fetchall(),
         con.execute("SELECT * FROM sentinel").fetchall(),
-        con.execute("SELECT md5(string_agg(record, '' ORDER BY id)) FROM calls").fetchall(),
+        con.execute("SELECT md5(string_agg(c::VARCHAR, '' ORDER BY id)) FROM calls AS c").fetchall(),
         con.execute("SELECT database_name FROM duckdb_databases() ORDER BY 1").fetchall(),
     )
 

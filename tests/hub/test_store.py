@@ -3,7 +3,9 @@ retention that frees disk, restart and `kill -9` durability, hostile text."""
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -11,13 +13,16 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import duckdb
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from dissect.filter import parse
+from dissect.filter import ip_to_int, parse
 from dissect.model import Call, Endpoint, Flag, Message
 from hub import schema
 from hub.filter_sql import compile
-from hub.store import HOUR, SECOND, Store, StoreError, decode_cursor, encode_cursor
+from hub.store import HOUR, SECOND, Store, StoreError, _Gate, decode_cursor, encode_cursor
 
 NOW = 1_763_700_000_000_000_000  # 2025-11-21T04:40:00Z
 BASE = NOW - NOW % HOUR
@@ -439,3 +444,232 @@ def test_schema_layout_is_the_one_from_hub_schema(store: Store) -> None:
     ).fetchall()
     con.close()
     assert [n for n, _ in got] == list(schema.COLUMN_NAMES)
+
+
+# ---- the bulk path, `record`, partition spans, the gate
+
+_TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
+_I64 = st.integers(-(1 << 63) + 1, (1 << 63) - 1)
+
+
+def _endpoints() -> st.SearchStrategy[Endpoint]:
+    return st.builds(
+        Endpoint,
+        ip=st.none() | st.sampled_from(["10.1.0.7", "fd00::1", "::ffff:10.0.0.1", "01.2.3.4", "nope", ""]),
+        port=st.none() | st.integers(0, 65535),
+        pod=st.none() | _TEXT,
+        namespace=st.none() | _TEXT,
+        pid=st.none() | _I64,
+        process=st.none() | _TEXT,
+        labels=st.dictionaries(_TEXT, _TEXT, max_size=3),
+    )
+
+
+def _messages() -> st.SearchStrategy[Message | None]:
+    pairs = st.lists(st.tuples(_TEXT, _TEXT), max_size=3)
+    return st.none() | st.builds(
+        Message,
+        headers=pairs,
+        trailers=pairs,
+        body=st.binary(max_size=16),
+        body_size=_I64,
+        wire_size=_I64,
+        truncated=st.booleans(),
+    )
+
+
+@st.composite
+def _calls(draw: st.DrawFn) -> list[Call]:
+    n = draw(st.integers(1, 8))
+    out = []
+    for i in range(n):
+        out.append(
+            Call(
+                id=f"h/{i}-" + draw(_TEXT),
+                protocol=draw(st.sampled_from(["http", "grpc", "dns", "tls"])),
+                tls=draw(st.booleans()),
+                sni=draw(st.none() | _TEXT),
+                src=draw(_endpoints()),
+                dst=draw(_endpoints()),
+                request_ts=draw(st.none() | st.integers(0, 1 << 62)),
+                response_ts=draw(st.none() | st.integers(0, 1 << 62)),
+                latency_ns=draw(st.none() | _I64),
+                method=draw(st.none() | _TEXT),
+                target=draw(st.none() | _TEXT),
+                status=draw(st.none() | _I64),
+                request=draw(_messages()),
+                response=draw(_messages()),
+                info=draw(
+                    st.dictionaries(
+                        _TEXT,
+                        st.none() | st.booleans() | _I64 | _TEXT | st.lists(st.integers(), max_size=2),
+                        max_size=3,
+                    )
+                ),
+                flags=draw(st.lists(st.sampled_from(Flag.ALL), max_size=3, unique=True)),
+                flow_id=draw(st.none() | _TEXT),
+            )
+        )
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(batch=_calls())
+def test_the_arrow_batch_holds_the_values_of_rows(batch: list[Call]) -> None:
+    """The store's bulk path and the plain one (`rows`, checked against the filter language by
+    tests/hub/test_filter_sql.py) give DuckDB the same rows."""
+    for c in batch:
+        c.ingest_ts = NOW
+    con = duckdb.connect()
+    try:
+        con.execute(schema.create_table_sql("plain"))
+        con.execute(schema.create_table_sql("bulk"))
+        con.execute(schema.insert_sql("plain", len(batch)), schema.insert_params(schema.rows(batch)))
+        table = schema.arrow_table(batch)
+        con.register("batch", table)
+        con.execute("INSERT INTO bulk SELECT * FROM batch")
+        plain = con.execute("SELECT * FROM plain ORDER BY id").fetchall()
+        bulk = con.execute("SELECT * FROM bulk ORDER BY id").fetchall()
+    finally:
+        con.close()
+    assert bulk == plain
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=_calls())
+def test_record_is_the_json_without_bodies_and_get_the_whole_call(tmp_path: Path, batch: list[Call]) -> None:
+    with Store(tmp_path / f"db-{next(_DIRS)}") as s:
+        s.add(batch, NOW)
+        rows, _ = s.query(columns=("id", "record", "ts"))
+        got = {r[0]: (r[1], r[2]) for r in rows}
+        assert len(got) == len({c.id for c in batch})
+        for c in batch:
+            record, ts = got[c.id]
+            assert record == c.to_json(bodies=False)
+            assert ts == c.ts
+            assert s.get(c.id) == c
+
+
+_DIRS = itertools.count()
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["10.1.2.3", "0.0.0.0", "255.255.255.255", "01.2.3.4", "1.2.3", "1.2.3.4.5", "256.1.1.1", "١.2.3.4",
+     "1.2.3.+4", " 1.2.3.4", "1_0.2.3.4", "::1", "::ffff:1.2.3.4", "1.2.3.4 ", "", "...", "0.0.0.00"],
+)  # fmt: skip
+def test_the_ipv4_fast_path_agrees_with_ipaddress(text: str) -> None:
+    fast = schema.ipv4_to_int(text)
+    slow = ip_to_int(text)
+    assert fast is None or fast == slow
+    assert schema._ip_halves(text) == ((None, None) if slow is None else (slow >> 64, slow & (2**64 - 1)))
+
+
+@given(st.text(alphabet="0123456789.x ", max_size=16))
+def test_the_ipv4_fast_path_never_disagrees(text: str) -> None:
+    fast = schema.ipv4_to_int(text)
+    assert fast is None or fast == ip_to_int(text)
+    if fast is None and ip_to_int(text) is not None:
+        assert "." not in text or ":" in text  # only IPv6 is left to ipaddress
+
+
+def test_pages_are_right_when_partitions_overlap_in_time(tmp_path: Path) -> None:
+    """A partition is keyed by ingest time, so late calls land in newer partitions: the search that
+    stops early at partition spans must still give exactly the sorted calls, page after page, both
+    ways, with windows and filters, and again after reopening (spans read back from the files)."""
+    rnd = random.Random(7)
+    calls = [make_call(i, ts=BASE + rnd.randrange(3 * HOUR)) for i in range(400)]
+    calls[5].request_ts = calls[6].request_ts  # a tie on the start time
+    root = tmp_path / "db"
+    with Store(root) as s:
+        for k in range(0, 400, 40):  # ten batches, stored at random hours: spans overlap
+            s.add(calls[k : k + 40], NOW + rnd.randrange(5) * HOUR)
+        assert len(s.partitions()) > 2
+    where, params = compile(parse("status == 503"))
+    for reopened in (False, True):
+        s = Store(root)
+        try:
+            if not reopened:
+                s.add([make_call(999, ts=BASE - HOUR)], NOW + 7 * HOUR)  # an old call in a new partition
+                calls.append(make_call(999, ts=BASE - HOUR))
+            for order in ("desc", "asc"):
+                for flt, want_calls in (("", calls), (where, [c for c in calls if c.status == 503])):
+                    for window in ((None, None), (BASE + HOUR, BASE + 2 * HOUR)):
+                        want = sorted(
+                            (c for c in want_calls if _inside(c.ts, *window)),
+                            key=lambda c: (c.ts, c.id),
+                            reverse=order == "desc",
+                        )
+                        seen: list[str] = []
+                        cursor = None
+                        while True:
+                            rows, cursor = s.query(
+                                flt,
+                                params if flt else (),
+                                from_ns=window[0],
+                                to_ns=window[1],
+                                limit=7,
+                                order=order,
+                                cursor=cursor,
+                                columns=("id",),
+                            )
+                            seen += [r[0] for r in rows]
+                            if cursor is None:
+                                break
+                        assert seen == [c.id for c in want], (order, flt, window, reopened)
+        finally:
+            s.close()
+
+
+def _inside(ts: int, lo: int | None, hi: int | None) -> bool:
+    return (lo is None or ts >= lo) and (hi is None or ts < hi)
+
+
+def test_retention_forgets_the_spans_of_dropped_partitions(tmp_path: Path) -> None:
+    with Store(tmp_path / "db", retain_ns=HOUR) as s:
+        s.add([make_call(i) for i in range(10)], NOW)
+        s.add([make_call(i) for i in range(10, 20)], NOW + 3 * HOUR)
+        s.enforce(NOW + 3 * HOUR)
+        assert len(s.partitions()) == 1
+        # the same calls again, now in a new partition: they are new to the store
+        assert s.add([make_call(i) for i in range(10)], NOW + 4 * HOUR) == 10
+        rows, _ = s.query(columns=("id",), order="asc")
+        assert [r[0] for r in rows] == [f"cap/{i:09d}" for i in range(20)]
+        assert set(s._span) == {p.alias for p in s.partitions()}
+
+
+def test_a_waiting_writer_goes_before_new_readers() -> None:
+    """Readers arriving back to back must not keep the writer (a new partition, retention) out."""
+    gate = _Gate()
+    events: list[str] = []
+    first_in, release_first = threading.Event(), threading.Event()
+
+    def first_reader() -> None:
+        with gate.shared():
+            first_in.set()
+            release_first.wait(10)
+            events.append("first reader out")
+
+    def writer() -> None:
+        with gate.exclusive():
+            events.append("writer")
+
+    def late_reader() -> None:
+        with gate.shared():
+            events.append("late reader")
+
+    threads = [threading.Thread(target=first_reader)]
+    threads[0].start()
+    assert first_in.wait(10)
+    threads.append(threading.Thread(target=writer))
+    threads[1].start()
+    while gate._waiting == 0:  # the writer is queued behind the first reader
+        threading.Event().wait(0.001)
+    threads.append(threading.Thread(target=late_reader))
+    threads[2].start()
+    threads[2].join(0.2)
+    assert threads[2].is_alive()  # the late reader waits behind the writer
+    release_first.set()
+    for t in threads:
+        t.join(10)
+    assert events == ["first reader out", "writer", "late reader"]
