@@ -169,6 +169,22 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--token-file", default=None, metavar="FILE", help="hub token (default: a random one)")
     o.add_argument("--no-ui", action="store_true", help="serve the hub and print its URL and token; no TUI")
 
+    u = sub.add_parser(
+        "ui",
+        help="the terminal UI against a running hub",
+        description=(
+            "Browse a hub's calls live in the terminal: filter, details, replay, export, stats. The token "
+            "comes from PODSHARK_TOKEN or --token-file. The UI opens even when the hub is down or refuses "
+            "the token, says so, and keeps retrying."
+        ),
+    )
+    u.add_argument("--hub", required=True, metavar="URL", help="hub URL, e.g. http://127.0.0.1:8898")
+    u.add_argument("--token-file", default=None, metavar="FILE", help="file holding the bearer token")
+    u.add_argument(
+        "--history",
+        action="store_true",
+        help="start with the stored history, newest first (default: the live view; j/G load history)",
+    )
     return p
 
 
@@ -218,5 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from podshark.open_cmd import run as run_open
 
         return run_open(args)
+    if args.command == "ui":
+        from podshark.ui_cmd import run as run_ui
+
+        return run_ui(args)
     parser.error(f"unknown command {args.command!r}")
     return EXIT_USAGE

@@ -1,0 +1,377 @@
+"""The TUI's only way to the hub: its HTTP and WebSocket API (hub/api.py, live.py, replay.py,
+export.py, stats.py), with the bearer token.
+
+Every failure becomes one of three exceptions the UI can show in a sentence and act on:
+`Unauthorized` (wrong or missing token: say so, keep retrying slowly), `Unreachable` (hub down,
+port-forward gone: say so, reconnect with backoff), `Rejected` (the hub refused the request, with
+`position`/`expected` for a filter that does not parse, shown inline in the filter bar).
+
+The streams (`live`, `replay`) are async iterators of `Event`s; `live` reconnects by itself after
+a drop, announcing it with `Status` events, so the caller just keeps iterating. Summaries are
+decoded into `dissect.model.Call` (the one record every front end shares).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from dissect.model import Call
+
+RECONNECT_MIN = 0.5
+RECONNECT_MAX = 10.0
+CHUNK = 1 << 16
+
+
+class HubError(Exception):
+    """Something the hub or the way to it did not allow; `str()` is a sentence for the user."""
+
+
+class Unauthorized(HubError):
+    pass
+
+
+class Unreachable(HubError):
+    pass
+
+
+class Rejected(HubError):
+    """A 400: bad filter (with position and expected) or bad parameter."""
+
+    def __init__(self, message: str, position: int | None = None, expected: str | None = None) -> None:
+        super().__init__(message)
+        self.position = position
+        self.expected = expected
+
+
+# ---- stream events
+
+
+@dataclass
+class Calls:
+    calls: list[Call]
+
+
+@dataclass
+class Missed:
+    count: int
+
+
+@dataclass
+class Status:
+    """Connection state of a stream: `connected`, `reconnecting` (with the reason), `unauthorized`."""
+
+    state: str
+    detail: str = ""
+
+
+@dataclass
+class Progress:
+    """Replay position (capture time, ns) and how many calls were sent."""
+
+    position: int | None
+    sent: int
+    paused: bool = False
+
+
+@dataclass
+class End:
+    calls: int
+
+
+@dataclass
+class FilterApplied:
+    filter: str
+    canonical: str
+
+
+@dataclass
+class StreamError:
+    message: str
+    position: int | None = None
+    expected: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Event = Calls | Missed | Status | Progress | End | FilterApplied | StreamError
+
+
+class _Page(msgspec.Struct):
+    calls: list[Call]
+    next_cursor: str | None = None
+
+
+class _Type(msgspec.Struct):
+    type: str = ""
+
+
+class _CallsMessage(msgspec.Struct):
+    calls: list[Call] = []
+
+
+_PAGE = msgspec.json.Decoder(_Page)
+_CALL = msgspec.json.Decoder(Call)
+_TYPE = msgspec.json.Decoder(_Type)
+_CALLS_MESSAGE = msgspec.json.Decoder(_CallsMessage)
+_MESSAGE = msgspec.json.Decoder(dict[str, Any])
+
+
+def _query(**params: object) -> dict[str, str]:
+    return {k: str(v) for k, v in params.items() if v is not None and v != ""}
+
+
+class HubClient:
+    """One aiohttp session to one hub. Create it inside the event loop that uses it."""
+
+    def __init__(self, url: str, token: str | None, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout * 4)
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def ws_url(self, path: str) -> str:
+        base = self.url
+        if base.startswith("https://"):
+            base = "wss://" + base[len("https://") :]
+        elif base.startswith("http://"):
+            base = "ws://" + base[len("http://") :]
+        return base + path
+
+    # ---- REST
+
+    async def _get(self, path: str, params: dict[str, str]) -> bytes:
+        try:
+            async with self.session.get(self.url + path, params=params) as r:
+                body = await r.read()
+                if r.status == 200:
+                    return body
+                raise _error(r.status, body)
+        except HubError:
+            raise
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            raise Unreachable(f"cannot reach the hub at {self.url}: {e or type(e).__name__}") from None
+
+    async def healthz(self) -> bool:
+        try:
+            await self._get("/healthz", {})
+        except HubError:
+            return False
+        return True
+
+    async def calls(
+        self,
+        filter: str = "",
+        *,
+        from_ns: int | None = None,
+        to_ns: int | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        order: str = "desc",
+    ) -> tuple[list[Call], str | None]:
+        """One page of summaries (no bodies) and the cursor of the next page (None at the end)."""
+        body = await self._get(
+            "/api/v1/calls",
+            _query(filter=filter, limit=limit, cursor=cursor, order=order, **{"from": from_ns, "to": to_ns}),
+        )
+        page = _PAGE.decode(body)
+        return page.calls, page.next_cursor
+
+    async def call(self, call_id: str) -> Call:
+        """The whole call, bodies included."""
+        from urllib.parse import quote
+
+        return _CALL.decode(await self._get("/api/v1/calls/" + quote(call_id, safe="/"), {}))
+
+    async def stats(
+        self,
+        filter: str = "",
+        *,
+        from_ns: int | None = None,
+        to_ns: int | None = None,
+        buckets: int = 60,
+        top: int = 10,
+    ) -> dict[str, Any]:
+        body = await self._get(
+            "/api/v1/stats",
+            _query(filter=filter, buckets=buckets, top=top, **{"from": from_ns, "to": to_ns}),
+        )
+        out: dict[str, Any] = json.loads(body)
+        return out
+
+    async def export(
+        self,
+        path: Path,
+        filter: str = "",
+        *,
+        from_ns: int | None = None,
+        to_ns: int | None = None,
+        progress: Callable[[int, int | None], None] | None = None,
+    ) -> tuple[int, int]:
+        """Download a pcapng to `path` (via `path.partial`, renamed when complete); returns
+        (frames the hub announced, bytes written). `progress(done_bytes, total_bytes_or_None)`."""
+        params = _query(filter=filter, **{"from": from_ns, "to": to_ns})
+        partial = path.with_name(path.name + ".partial")
+        try:
+            async with self.session.get(self.url + "/api/v1/export", params=params) as r:
+                if r.status != 200:
+                    raise _error(r.status, await r.read())
+                frames = int(r.headers.get("X-Podshark-Frames", "0") or 0)
+                payload = r.headers.get("X-Podshark-Bytes")
+                # pcapng adds a block header per frame and the section/interface headers
+                total = int(payload) + 36 * frames + 64 if payload else None
+                done = 0
+                with partial.open("wb") as out:
+                    async for piece in r.content.iter_chunked(CHUNK):
+                        out.write(piece)
+                        done += len(piece)
+                        if progress is not None:
+                            progress(done, total)
+        except HubError:
+            partial.unlink(missing_ok=True)
+            raise
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            partial.unlink(missing_ok=True)
+            raise Unreachable(f"export from {self.url} failed: {e or type(e).__name__}") from None
+        partial.replace(path)
+        return frames, done
+
+    # ---- streams
+
+    async def live(self, filter: str = "") -> AsyncIterator[Event]:
+        """New matching calls as the hub stores them, forever: reconnects after a drop (with
+        backoff), saying so with `Status` events. A filter the hub refuses ends the stream with
+        `Rejected`; a refused token is reported as `Status("unauthorized")` and retried slowly."""
+        delay = RECONNECT_MIN
+        while True:
+            try:
+                async with self.session.ws_connect(
+                    self.ws_url("/api/v1/live"), params=_query(filter=filter), heartbeat=20.0, max_msg_size=0
+                ) as ws:
+                    delay = RECONNECT_MIN
+                    yield Status("connected")
+                    async for msg in ws:
+                        if msg.type != aiohttp.WSMsgType.TEXT:
+                            break
+                        event = _event(msg.data)
+                        if event is not None:
+                            yield event
+                reason = "the hub closed the live stream"
+            except aiohttp.WSServerHandshakeError as e:
+                if e.status == 401:
+                    yield Status("unauthorized", "the hub refused the token (401): check PODSHARK_TOKEN")
+                    reason = "unauthorized"
+                    delay = RECONNECT_MAX
+                elif e.status == 400:
+                    raise Rejected("the hub refused the filter") from None
+                else:
+                    reason = f"the hub answered {e.status}"
+            except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                reason = f"cannot reach the hub at {self.url}: {e or type(e).__name__}"
+            yield Status("reconnecting", reason)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX)
+
+    async def replay(
+        self,
+        from_ns: int,
+        to_ns: int,
+        speed: float | None,
+        filter: str = "",
+        control: asyncio.Queue[dict[str, Any]] | None = None,
+    ) -> AsyncIterator[Event]:
+        """A past window in its own timing (`speed=None`: as fast as possible), ending with `End`.
+        Messages put on `control` ({"type": "pause"} / "resume" / {"type": "speed", ...}) are sent
+        to the hub. Errors raise (`Rejected` for bad parameters) instead of reconnecting: a replay
+        is a finite thing the user asked for."""
+        params = _query(
+            filter=filter, speed="max" if speed is None else speed, **{"from": from_ns, "to": to_ns}
+        )
+        try:
+            async with self.session.ws_connect(
+                self.ws_url("/api/v1/replay"), params=params, heartbeat=20.0, max_msg_size=0
+            ) as ws:
+                sender: asyncio.Task[None] | None = None
+                if control is not None:
+                    sender = asyncio.get_running_loop().create_task(_forward(control, ws))
+                try:
+                    async for msg in ws:
+                        if msg.type != aiohttp.WSMsgType.TEXT:
+                            break
+                        event = _event(msg.data)
+                        if event is not None:
+                            yield event
+                            if isinstance(event, End):
+                                return
+                finally:
+                    if sender is not None:
+                        sender.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await sender
+        except aiohttp.WSServerHandshakeError as e:
+            if e.status == 401:
+                raise Unauthorized("the hub refused the token (401): check PODSHARK_TOKEN") from None
+            if e.status == 400:
+                raise Rejected(f"the hub refused the replay: {e.message}") from None
+            raise HubError(f"the hub answered {e.status}") from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            raise Unreachable(f"replay from {self.url} failed: {e or type(e).__name__}") from None
+        raise Unreachable("the replay ended before its end message")
+
+
+async def _forward(control: asyncio.Queue[dict[str, Any]], ws: aiohttp.ClientWebSocketResponse) -> None:
+    while True:
+        msg = await control.get()
+        await ws.send_str(json.dumps(msg))
+
+
+def _event(data: str) -> Event | None:
+    """One server message as an event (None for messages the TUI does not use)."""
+    kind = _TYPE.decode(data).type
+    if kind == "calls":  # the hot path: typed decoding straight into Calls
+        return Calls(_CALLS_MESSAGE.decode(data).calls)
+    msg = _MESSAGE.decode(data)
+    if kind == "missed":
+        return Missed(int(msg.get("count", 0)))
+    if kind == "progress":
+        return Progress(msg.get("position"), int(msg.get("sent", 0)), bool(msg.get("paused", False)))
+    if kind == "end":
+        return End(int(msg.get("calls", 0)))
+    if kind == "filter":
+        return FilterApplied(str(msg.get("filter", "")), str(msg.get("canonical", "")))
+    if kind == "error":
+        return StreamError(str(msg.get("error", "")), msg.get("position"), msg.get("expected"))
+    return None
+
+
+def _error(status: int, body: bytes) -> HubError:
+    try:
+        err = json.loads(body)
+    except ValueError:
+        err = {}
+    if not isinstance(err, dict):
+        err = {}
+    message = str(err.get("error") or body[:200].decode(errors="replace") or f"HTTP {status}")
+    if status == 401:
+        return Unauthorized("the hub refused the token (401): check PODSHARK_TOKEN or --token-file")
+    if status in (400, 404):
+        return Rejected(message, err.get("position"), err.get("expected"))
+    return HubError(f"the hub answered {status}: {message}")
