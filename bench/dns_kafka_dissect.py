@@ -55,13 +55,13 @@ from bench.http1_dissect import (
     _n,
     _pps,
     _tail,
-    history_lines,
     machine,
     podshark_argv,
     podshark_revision,
     timed_run,
 )
 from bench.http2_dissect import ProtoCapture, _cached, _low_priority, _server
+from bench.report import history_lines, keep, render_section
 from dissect.base import ConnContext, Verdict
 from dissect.engine import Engine
 from dissect.pcapio import CaptureReader
@@ -77,7 +77,6 @@ KAFKA_CAPTURE_VERSION = "kafka-v1"
 MIN_PACKETS = traffic.MIN_PACKETS
 REPO = Path(__file__).resolve().parent.parent
 CORPUS_DIRS = (REPO.parent / "shared" / "corpus", REPO / "fixtures" / "pcaps")
-HISTORY_KEEP = 20
 
 Log = Callable[[str], None]
 
@@ -983,28 +982,23 @@ def render(res: Result, previous_section: str | None) -> str:
         ("ratio with `--json`", "-" if json_ratio is None else f"{json_ratio:.1f}x"),
         (f"{req} and {resp} found (sanity check)", _sanity(res)),
     ]  # fmt: skip
-    history = [*history_lines(previous_section), history_line(res)][-HISTORY_KEEP:]
-    out = [
+    history = keep(history_lines(previous_section), history_line(res))
+    return render_section(
         f"## {spec.name}: {spec.title}",
-        "",
-        "`podshark dissect FILE > /dev/null` (a table row per call) and `podshark dissect FILE --json` "
-        f"against `{tshark_cmd} > /dev/null` on the same capture in the same run. Wall clock of the whole "
-        f"command, median of {res.runs} timed runs (interleaved, after one untimed warm-up run of each that "
-        "also counts the output; tshark's split into "
-        f"{req} and {resp} comes from one more untimed run: `{split_cmd}`); packets/s = packets in the "
-        "capture / median time. "
-        f"Made by `python -m bench {spec.name}`.",
-        "",
-        "| | |",
-        "|---|---|",
-        *(f"| {k} | {v.replace('|', '/')} |" for k, v in rows),
-        "",
-        "History (newest last):",
-        "",
-        *history,
-        "",
-    ]
-    return "\n".join(out)
+        (
+            "`podshark dissect FILE > /dev/null` (a table row per call) and `podshark dissect FILE --json` "
+            f"against `{tshark_cmd} > /dev/null` on the same capture in the same run. "
+            "Wall clock of the whole "
+            f"command, median of {res.runs} timed runs (interleaved, after one untimed warm-up run "
+            "of each that "
+            "also counts the output; tshark's split into "
+            f"{req} and {resp} comes from one more untimed run: `{split_cmd}`); packets/s = packets in the "
+            "capture / median time. "
+            f"Made by `python -m bench {spec.name}`."
+        ),
+        rows,
+        history,
+    )
 
 
 def summary(res: Result) -> str:

@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import traffic
+from bench.report import history_lines, keep, render_section
 
 NAME = "http1"
 TITLE = "HTTP/1.1 dissection throughput (podshark vs tshark)"
 TARGET_RATIO = 8.0
 REPO = Path(__file__).resolve().parent.parent
-HISTORY_KEEP = 20
 
 Log = Callable[[str], None]
 
@@ -342,14 +342,6 @@ def _timing_cell(res: Result, t: Timing | None) -> str:
 _RATIO_RE = re.compile(r"ratio (\d+(?:\.\d+)?)x")
 
 
-def history_lines(previous_section: str | None) -> list[str]:
-    """The "- ..." lines under "History" in the old section, oldest first."""
-    if not previous_section or "History" not in previous_section:
-        return []
-    tail = previous_section.split("History", 1)[1]
-    return [ln for ln in tail.splitlines() if ln.startswith("- ")]
-
-
 def history_line(res: Result, old: list[str]) -> str:
     """One line for this run, comparing its ratio with the last run that had one."""
     prev = next((float(m.group(1)) for ln in reversed(old) if (m := _RATIO_RE.search(ln))), None)
@@ -424,27 +416,20 @@ def render(res: Result, previous_section: str | None) -> str:
         ("calls found (sanity check)", calls),
     ]
     old = history_lines(previous_section)
-    history = [*old, history_line(res, old)][-HISTORY_KEEP:]
-    out = [
+    history = keep(old, history_line(res, old))
+    return render_section(
         f"## {NAME}: {TITLE}",
-        "",
-        "`podshark dissect FILE > /dev/null` (a table row per call) and `podshark dissect FILE --json` "
-        "against `tshark -r FILE -Y http -T fields -e http.request.method -e http.response.code "
-        "> /dev/null` on the same capture in the same run. Wall clock of the whole command, "
-        f"median of {res.runs} timed runs (interleaved, after one untimed warm-up run of each "
-        "that also counts the output); "
-        "packets/s = packets in the capture / median time. Made by `python -m bench http1`.",
-        "",
-        "| | |",
-        "|---|---|",
-        *(f"| {k} | {v.replace('|', '/')} |" for k, v in rows),  # error texts must not split cells
-        "",
-        "History (newest last):",
-        "",
-        *history,
-        "",
-    ]
-    return "\n".join(out)
+        (
+            "`podshark dissect FILE > /dev/null` (a table row per call) and `podshark dissect FILE --json` "
+            "against `tshark -r FILE -Y http -T fields -e http.request.method -e http.response.code "
+            "> /dev/null` on the same capture in the same run. Wall clock of the whole command, "
+            f"median of {res.runs} timed runs (interleaved, after one untimed warm-up run of each "
+            "that also counts the output); "
+            "packets/s = packets in the capture / median time. Made by `python -m bench http1`."
+        ),
+        rows,
+        history,
+    )
 
 
 def summary(res: Result) -> str:

@@ -48,12 +48,12 @@ from bench.http1_dissect import (
     _n,
     _pps,
     _tail,
-    history_lines,
     machine,
     podshark_argv,
     podshark_revision,
     timed_run,
 )
+from bench.report import history_lines, keep, render_section
 
 NAME = "http2"
 TITLE = "HTTP/2 dissection throughput (podshark vs tshark)"
@@ -65,7 +65,6 @@ HTTP2_CAPTURE_VERSION = "http2-v1"
 GRPC_CAPTURE_VERSION = "grpc-v1"
 MIN_PACKETS = traffic.MIN_PACKETS
 REPO = Path(__file__).resolve().parent.parent
-HISTORY_KEEP = 20
 
 Log = Callable[[str], None]
 
@@ -674,27 +673,21 @@ def render(res: Result, previous_section: str | None) -> str:
         ("ratio with `--json`", "-" if json_ratio is None else f"{json_ratio:.1f}x"),
         (f"{spec.what} found (sanity check)", _sanity(res)),
     ]  # fmt: skip
-    history = [*history_lines(previous_section), history_line(res)][-HISTORY_KEEP:]
-    out = [
+    history = keep(history_lines(previous_section), history_line(res))
+    return render_section(
         f"## {spec.name}: {spec.title}",
-        "",
-        "`podshark dissect FILE > /dev/null` (a table row per call) and `podshark dissect FILE --json` "
-        f"against `{tshark_cmd} > /dev/null` on the same capture in the same run. Wall clock of the whole "
-        "command, "
-        f"median of {res.runs} timed runs (interleaved, after one untimed warm-up run of each that also "
-        f"counts the output); packets/s = packets in the capture / median time. Made by "
-        f"`python -m bench {spec.name}`.",
-        "",
-        "| | |",
-        "|---|---|",
-        *(f"| {k} | {v.replace('|', '/')} |" for k, v in rows),
-        "",
-        "History (newest last):",
-        "",
-        *history,
-        "",
-    ]
-    return "\n".join(out)
+        (
+            "`podshark dissect FILE > /dev/null` (a table row per call) and `podshark dissect FILE --json` "
+            f"against `{tshark_cmd} > /dev/null` on the same capture in the same run. "
+            "Wall clock of the whole "
+            "command, "
+            f"median of {res.runs} timed runs (interleaved, after one untimed warm-up run of each that also "
+            f"counts the output); packets/s = packets in the capture / median time. Made by "
+            f"`python -m bench {spec.name}`."
+        ),
+        rows,
+        history,
+    )
 
 
 def summary(res: Result) -> str:

@@ -29,14 +29,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.http1_dissect import history_lines, machine, podshark_revision
+from bench.http1_dissect import machine, podshark_revision
 from bench.hub_calls import TOKEN, HubProcess, realistic_calls
+from bench.report import history_lines, keep, render_section
 from dissect.model import Call
 from hub.store import SECOND, Store
 
 NAME = "hub_ingest"
 TITLE = "Hub ingest throughput (Store.add alone, and end to end through the ingest WebSocket)"
-HISTORY_KEEP = 20
 
 STORE_CALLS = 200_000
 BATCH = 20_000
@@ -263,26 +263,19 @@ def render(store: StoreResult, e2e: E2EResult, when: str, revision: str, previou
         f"- {when} ({revision}): store {store.rate:,.0f} rows/s{_vs(store.rate, _previous(old, 'store'))}; "
         f"end to end {e2e.rate:,.0f} calls/s{_vs(e2e.rate, _previous(old, 'end to end'))}"
     )
-    history = [*old, line][-HISTORY_KEEP:]
-    out = [
+    history = keep(old, line)
+    return render_section(
         f"## {NAME}: {TITLE}",
-        "",
-        f"Store alone: `Store.add` of realistic calls (`bench/hub_calls.py`: headers, small JSON bodies, "
-        f"identity filled) in batches of {store.batch:,}, a fresh store directory per run. End to end: "
-        f"a real `podshark hub` process on loopback with a token; {e2e.clients} WebSocket clients send "
-        f"`calls` messages with sequence numbers and count acknowledged calls from the first send to the "
-        f"last ack (an ack follows the commit). Made by `python -m bench {NAME}`; see `bench/README.md`.",
-        "",
-        "| | |",
-        "|---|---|",
-        *(f"| {k} | {v.replace('|', '/')} |" for k, v in rows),
-        "",
-        "History (newest last):",
-        "",
-        *history,
-        "",
-    ]
-    return "\n".join(out)
+        (
+            f"Store alone: `Store.add` of realistic calls (`bench/hub_calls.py`: headers, small JSON bodies, "
+            f"identity filled) in batches of {store.batch:,}, a fresh store directory per run. End to end: "
+            f"a real `podshark hub` process on loopback with a token; {e2e.clients} WebSocket clients send "
+            f"`calls` messages with sequence numbers and count acknowledged calls from the first send to the "
+            f"last ack (an ack follows the commit). Made by `python -m bench {NAME}`; see `bench/README.md`."
+        ),
+        rows,
+        history,
+    )
 
 
 def run(previous_section: str | None, runs: int = 3, regen: bool = False, log: Log = print) -> str:

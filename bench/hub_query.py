@@ -37,8 +37,9 @@ from pathlib import Path
 
 import duckdb
 
-from bench.http1_dissect import history_lines, machine, podshark_revision
+from bench.http1_dissect import machine, podshark_revision
 from bench.hub_calls import REPO, HubProcess, realistic_calls
+from bench.report import history_lines, keep, render_section
 from dissect.filter import parse
 from dissect.model import Call
 from hub import filter_sql, schema
@@ -46,7 +47,6 @@ from hub.store import HOUR, SECOND, Store, _partition_ddl, encode_cursor
 
 NAME = "hub_query"
 TITLE = "Hub query latency on 1M and 10M stored calls"
-HISTORY_KEEP = 20
 
 #: part of the cached directory names: bump when the generated calls change
 STORE_VERSION = "v1"
@@ -380,28 +380,20 @@ def render(results: list[SizeResult], when: str, revision: str, samples: int, pr
         f"{_vs(filtered, _previous(old, 'filtered'))}; http newest {_ms(http_newest)} ms"
         f"{_vs(http_newest, _previous(old, 'http newest'))}; count {_ms(big.cases['count'].median)} ms"
     )
-    history = [*old, line][-HISTORY_KEEP:]
-    out = [
+    history = keep(old, line)
+    return render_section(
         f"## {NAME}: {TITLE}",
-        "",
-        "Stores of realistic calls spread over a day in hourly partitions, made once in `bench/out/` "
-        "(see `bench/README.md`). Each query runs once untimed, then "
-        f"{samples} times; wall clock, median and 95th percentile. `Store.query` is what the API runs; "
-        f"the HTTP rows are whole requests to a real `podshark hub` process on loopback. Made by "
-        f"`python -m bench {NAME}`.",
-        "",
-        "| | |",
-        "|---|---|",
-        *(f"| {k} | {v.replace('|', '/')} |" for k, v in rows),
-        "",
-        *table,
-        "",
-        "History (newest last):",
-        "",
-        *history,
-        "",
-    ]
-    return "\n".join(out)
+        (
+            "Stores of realistic calls spread over a day in hourly partitions, made once in `bench/out/` "
+            "(see `bench/README.md`). Each query runs once untimed, then "
+            f"{samples} times; wall clock, median and 95th percentile. `Store.query` is what the API runs; "
+            f"the HTTP rows are whole requests to a real `podshark hub` process on loopback. Made by "
+            f"`python -m bench {NAME}`."
+        ),
+        rows,
+        history,
+        table,
+    )
 
 
 def run(previous_section: str | None, runs: int = 3, regen: bool = False, log: Log = print) -> str:

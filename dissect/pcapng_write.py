@@ -82,6 +82,13 @@ def enhanced_packet(interface_id: int, ts_ns: int, data: bytes, orig_len: int | 
     )
 
 
+def estimated_size(frames: int, captured_bytes: int) -> int:
+    """About how many bytes a pcapng of `frames` frames holding `captured_bytes` takes (an
+    Enhanced Packet Block adds 32 bytes and up to 3 of padding per frame; the section and interface
+    headers add a few dozen): for progress bars of a download whose exact length is not sent."""
+    return captured_bytes + 36 * frames + 64
+
+
 class PcapngWriter:
     """One section: the header, then packets; an interface per link type, declared on first use."""
 

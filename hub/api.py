@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -49,8 +50,18 @@ def parse_when(text: str, now_ns: int) -> int:
     return ns
 
 
-def _bad(message: str, **extra: object) -> web.Response:
+def bad_request(message: str, **extra: object) -> web.Response:
     return web.json_response({"error": message, **extra}, status=400)
+
+
+def filter_error(e: FilterError) -> dict[str, Any]:
+    """The body of a 400 (or of a WebSocket `error` message) for a filter that does not parse:
+    every endpoint that takes a filter answers the same way."""
+    return {"error": f"filter: {e.message}", "position": e.position, "expected": e.expected}
+
+
+def bad_filter(e: FilterError) -> web.Response:
+    return web.json_response(filter_error(e), status=400)
 
 
 async def list_calls(request: web.Request) -> web.Response:
@@ -62,7 +73,7 @@ async def list_calls(request: web.Request) -> web.Response:
         try:
             flt = parse(text, now_ns=now)
         except FilterError as e:
-            return _bad(f"filter: {e.message}", position=e.position, expected=e.expected)
+            return bad_filter(e)
         where, params = filter_sql.compile(flt)
         from_ns = parse_when(q["from"], now) if q.get("from") else None
         to_ns = parse_when(q["to"], now) if q.get("to") else None
@@ -91,7 +102,7 @@ async def list_calls(request: web.Request) -> web.Response:
             ),
         )
     except (BadRequest, StoreError) as e:
-        return _bad(str(e))
+        return bad_request(str(e))
     if bodies:
         items = [schema.call_from_row(*r).to_json_bytes() for r in rows]
     else:

@@ -35,16 +35,12 @@ from aiohttp import web
 from dissect.filter import FilterError, parse
 from dissect.pcapng_write import PcapngWriter
 from hub import filter_sql
-from hub.api import STORE_KEY, BadRequest, parse_when
+from hub.api import STORE_KEY, BadRequest, bad_filter, bad_request, parse_when
 from hub.store import StoreError
 
 CONTENT_TYPE = "application/x-pcapng"
 FLUSH_BYTES = 1 << 20
 PULL = 512  # frames taken from the store per hop to the thread pool
-
-
-def _bad(message: str, **extra: object) -> web.Response:
-    return web.json_response({"error": message, **extra}, status=400)
 
 
 def _pull(frames: Generator[tuple[int, int, int, bytes], None, None]) -> list[tuple[int, int, int, bytes]]:
@@ -59,7 +55,7 @@ async def export(request: web.Request) -> web.StreamResponse:
         try:
             flt = parse(q.get("filter", ""), now_ns=now)
         except FilterError as e:
-            return _bad(f"filter: {e.message}", position=e.position, expected=e.expected)
+            return bad_filter(e)
         where, params = filter_sql.compile(flt)
         from_ns = parse_when(q["from"], now) if q.get("from") else None
         to_ns = parse_when(q["to"], now) if q.get("to") else None
@@ -75,7 +71,7 @@ async def export(request: web.Request) -> web.StreamResponse:
                 f_to = max(to_ns, (sel.last_ts or 0) + 1)
         count, nbytes = await loop.run_in_executor(None, store.count_packets, sel.flow_ids, f_from, f_to)
     except (BadRequest, StoreError) as e:
-        return _bad(str(e))
+        return bad_request(str(e))
     stamp = dt.datetime.fromtimestamp(now / 1e9, tz=dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     resp = web.StreamResponse(
         headers={

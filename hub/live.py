@@ -66,6 +66,7 @@ from aiohttp import WSMsgType, web
 
 from dissect.filter import Filter, FilterError, parse
 from dissect.model import Call
+from hub.api import bad_filter, filter_error
 from hub.ingest import Writer
 
 log = logging.getLogger("podshark.hub.live")
@@ -89,11 +90,6 @@ class _ClientMessage(msgspec.Struct):
 
 
 _CLIENT = msgspec.json.Decoder(_ClientMessage)
-
-
-def filter_error(e: FilterError) -> dict[str, Any]:
-    """The body of a 400 (or an `error` message) for a filter that does not parse."""
-    return {"error": f"filter: {e.message}", "position": e.position, "expected": e.expected}
 
 
 class Subscriber:
@@ -319,7 +315,7 @@ async def handle_live(request: web.Request) -> web.StreamResponse:
     try:
         flt = parse(text)
     except FilterError as e:
-        return web.json_response(filter_error(e), status=400)
+        return bad_filter(e)
     hub = request.app[LIVE_KEY]
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=MAX_CLIENT_MESSAGE)
     await ws.prepare(request)

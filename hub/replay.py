@@ -59,8 +59,8 @@ from aiohttp import WSMsgType, web
 
 from dissect.filter import Filter, FilterError, parse
 from hub import filter_sql
-from hub.api import STORE_KEY, BadRequest, parse_when
-from hub.live import MAX_CONTROL, Send, close_all, filter_error
+from hub.api import STORE_KEY, BadRequest, bad_filter, bad_request, parse_when
+from hub.live import MAX_CONTROL, Send, close_all
 from hub.store import Store, StoreError
 
 log = logging.getLogger("podshark.hub.replay")
@@ -371,9 +371,9 @@ async def handle_replay(request: web.Request) -> web.StreamResponse:
     try:
         params = parse_params(request.query, time.time_ns())
     except FilterError as e:
-        return web.json_response(filter_error(e), status=400)
+        return bad_filter(e)
     except BadRequest as e:
-        return web.json_response({"error": str(e)}, status=400)
+        return bad_request(str(e))
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=1 << 16)
     await ws.prepare(request)
     sockets = request.app[_SOCKETS]

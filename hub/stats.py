@@ -37,7 +37,7 @@ from aiohttp import web
 
 from dissect.filter import ERRORS, FilterError, parse
 from hub import filter_sql, metrics
-from hub.api import STORE_KEY, BadRequest, parse_when
+from hub.api import STORE_KEY, BadRequest, bad_filter, bad_request, parse_when
 from hub.ingest import WRITER_KEY
 from hub.store import TS_SQL, Store
 
@@ -250,9 +250,7 @@ async def get_stats(request: web.Request) -> web.Response:
         try:
             flt = parse(q.get("filter", ""), now_ns=now)
         except FilterError as e:
-            return web.json_response(
-                {"error": f"filter: {e.message}", "position": e.position, "expected": e.expected}, status=400
-            )
+            return bad_filter(e)
         where, params = filter_sql.compile(flt)
         query = Query(
             where,
@@ -265,7 +263,7 @@ async def get_stats(request: web.Request) -> web.Response:
         if query.from_ns is not None and query.to_ns is not None and query.to_ns <= query.from_ns:
             raise BadRequest("to must be after from")
     except BadRequest as e:
-        return web.json_response({"error": str(e)}, status=400)
+        return bad_request(str(e))
     store = request.app[STORE_KEY]
     body = await asyncio.get_running_loop().run_in_executor(None, aggregate, store, query)
     body.update(_health(request.app))

@@ -7,8 +7,9 @@ dependencies (the worker never imports DuckDB, the hub never imports Textual).
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from podshark import __version__
@@ -204,39 +205,26 @@ def _size(text: str) -> int:
     return n
 
 
+# command -> the module whose `run(args) -> int` carries it out, imported only when chosen
+COMMANDS: dict[str, str] = {
+    "dissect": "podshark.dissect_cmd",
+    "hub": "podshark.hub_cmd",
+    "import": "podshark.import_cmd",
+    "calls": "podshark.calls_cmd",
+    "export": "podshark.export_cmd",
+    "open": "podshark.open_cmd",
+    "ui": "podshark.ui_cmd",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    if args.command == "dissect":
-        from podshark.dissect_cmd import run
-
-        return run(args)
-    if args.command == "hub":
-        from podshark.hub_cmd import run as run_hub
-
-        return run_hub(args)
-    if args.command == "import":
-        from podshark.import_cmd import run as run_import
-
-        return run_import(args)
-    if args.command == "calls":
-        from podshark.calls_cmd import run as run_calls
-
-        return run_calls(args)
-    if args.command == "export":
-        from podshark.export_cmd import run as run_export
-
-        return run_export(args)
-    if args.command == "open":
-        from podshark.open_cmd import run as run_open
-
-        return run_open(args)
-    if args.command == "ui":
-        from podshark.ui_cmd import run as run_ui
-
-        return run_ui(args)
-    parser.error(f"unknown command {args.command!r}")
-    return EXIT_USAGE
+    module = COMMANDS.get(args.command)
+    if module is None:
+        parser.error(f"unknown command {args.command!r}")
+    run: Callable[[argparse.Namespace], int] = importlib.import_module(module).run
+    return run(args)

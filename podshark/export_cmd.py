@@ -107,11 +107,12 @@ def _open(args: argparse.Namespace, token: str | None) -> http.client.HTTPRespon
 
 def _copy(resp: http.client.HTTPResponse, out: BinaryIO, counter: BlockCounter, show: bool) -> int:
     """Copy the stream to `out`, counting blocks; returns the bytes written."""
+    from dissect.pcapng_write import estimated_size
     from podshark.progress import Progress
 
     frames = int(resp.headers.get("X-Podshark-Frames", "0") or 0)
     calls = int(resp.headers.get("X-Podshark-Calls", "0") or 0)
-    total = int(resp.headers.get("X-Podshark-Bytes", "0") or 0) + 36 * frames + 64
+    total = estimated_size(frames, int(resp.headers.get("X-Podshark-Bytes", "0") or 0))
     progress = Progress(total, "export", enabled=show)
     done = 0
     try:

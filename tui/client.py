@@ -25,6 +25,7 @@ import aiohttp
 import msgspec
 
 from dissect.model import Call
+from dissect.pcapng_write import estimated_size
 
 RECONNECT_MIN = 0.5
 RECONNECT_MAX = 10.0
@@ -236,8 +237,7 @@ class HubClient:
                     raise _error(r.status, await r.read())
                 frames = int(r.headers.get("X-Podshark-Frames", "0") or 0)
                 payload = r.headers.get("X-Podshark-Bytes")
-                # pcapng adds a block header per frame and the section/interface headers
-                total = int(payload) + 36 * frames + 64 if payload else None
+                total = estimated_size(frames, int(payload)) if payload else None
                 done = 0
                 with partial.open("wb") as out:
                     async for piece in r.content.iter_chunked(CHUNK):
