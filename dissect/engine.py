@@ -315,6 +315,13 @@ class Engine:
         self.udp.add(flow, src, sport, dst, dport)
         return flow
 
+    def tick(self, now_ns: int) -> None:
+        """Live capture: time passes without packets. Close what went idle by ``now_ns`` (a clock in
+        the packets' time base), so a quiet connection's last calls come out; they land in ``self.out``."""
+        if now_ns > self.now:
+            self.now = now_ns
+        self._sweep(self.now)
+
     def _sweep(self, now: int) -> None:
         """Close idle flows and forget finished connections whose linger time is over."""
         self._since_sweep = 0

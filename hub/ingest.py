@@ -12,6 +12,12 @@ Messages are JSON objects with a `type`:
   packet's own `linktype` overrides the message's). Validated one by one like calls (a bad packet is
   an `error` with `seq` and `index`, counted in the ack's `rejected`), stored by the same writer with
   `Store.add_packets` and acked after that commit: `{"type": "ack", "seq", "packets", "rejected"}`.
+- `stats` {drops, ...}: the worker's report on itself (hub/workers.py).
+- `export-data` {id, seq, packets, done, error?}: a chunk of a worker's answer to an
+  `export-request` the hub sent it (hub/gather.py has the exchange; hub/export.py asks): each frame
+  validated like a `packets` frame (with its own `linktype`), then handed to the waiting export.
+  A worker whose `hello` lists the capability `export` is registered (`Writer.exporters`) under its
+  name while its connection is open, so the export endpoint can ask it.
 - anything else that is not a JSON object with a known type: `{"type": "error", "error": ...}`,
   and the stream goes on.
 
@@ -37,6 +43,7 @@ import msgspec
 from aiohttp import WSMsgType, web
 
 from dissect.model import SCHEMA_VERSION, Call
+from hub.gather import Exporters, Frame
 from hub.store import PacketRow, Store
 from hub.workers import Workers, WorkerState
 
@@ -120,6 +127,7 @@ class Writer:
         # called on the event loop with the calls of every committed batch (live fan-out, stats)
         self.listeners: list[Callable[[Sequence[Call]], None]] = []
         self.workers = Workers()
+        self.exporters = Exporters()  # connections that can be asked for frames (hub/gather.py)
         self.max_queued = max_queued
         self.queued = 0  # calls and frames submitted and not yet committed (or failed)
         self._room = asyncio.Event()
@@ -251,6 +259,7 @@ async def handle_ingest(request: web.Request) -> web.WebSocketResponse:
                 break
     finally:
         conn.closed = True
+        writer.exporters.unregister(conn)
         if conn.state is not None:
             writer.workers.disconnected(conn.state)
         conn.out.put_nowait(None)
@@ -328,7 +337,10 @@ def _on_hello(env: _Envelope, data: str | bytes, conn: Conn, writer: Writer) -> 
         writer.workers.connected(conn.state, env.capabilities)
     else:
         conn.state.capabilities = [c[:64] for c in env.capabilities[:32]]
-    log.info("worker %s connected (%s)", conn.worker, ",".join(env.capabilities))
+    writer.exporters.unregister(conn)
+    if "export" in env.capabilities and name != "?":
+        writer.exporters.register(conn.state.name, conn)
+    log.info("worker %s connected (%s)", conn.worker, ",".join(c[:64] for c in env.capabilities[:32]))
 
 
 # ---- packets (raw frames for pcap export)
@@ -495,6 +507,47 @@ def _on_calls(env: _Envelope, data: str | bytes, conn: Conn, writer: Writer) -> 
     writer.submit(_Pending(conn, env.seq, good, rejected))
 
 
+class _ExportData(msgspec.Struct):
+    """An `export-data` chunk (hub/gather.py); its packets are read one by one like `packets`."""
+
+    id: Annotated[str, msgspec.Meta(max_length=128)]
+    seq: int
+    packets: list[msgspec.Raw] = []
+    done: bool = False
+    error: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
+
+
+_EXPORT_DATA = msgspec.json.Decoder(_ExportData)
+
+
+def _on_export_data(env: _Envelope, data: str | bytes, conn: Conn, writer: Writer) -> None:
+    """Validate a chunk's frames and hand them to the export waiting for them (hub/gather.py)."""
+    try:
+        msg = _EXPORT_DATA.decode(data)
+    except msgspec.DecodeError as e:  # ValidationError is a DecodeError
+        _error(conn, writer, f"export-data: {e}")
+        return
+    frames: list[Frame] = []
+    rejected = 0
+    for i, raw in enumerate(msg.packets):
+        try:
+            f = _FRAME.decode(raw)
+            if f.linktype is None:
+                raise ValueError("no linktype")
+            orig_len = len(f.data) if f.orig_len is None else f.orig_len
+            if orig_len < len(f.data):
+                raise ValueError(f"orig_len {orig_len} is less than the {len(f.data)} bytes captured")
+        except (msgspec.DecodeError, ValueError) as e:
+            rejected += 1
+            if rejected <= MAX_ERRORS_PER_MESSAGE:
+                _error(conn, writer, f"export-data packet: {e}", id=msg.id, seq=msg.seq, index=i)
+            continue
+        frames.append((f.ts, f.linktype, orig_len, f.data))
+    err = writer.exporters.deliver(conn, msg.id, msg.seq, frames, msg.done, msg.error, rejected)
+    if err is not None:
+        _error(conn, writer, err, id=msg.id, seq=msg.seq)
+
+
 _STATS = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -512,4 +565,5 @@ HANDLERS: dict[str, Callable[[_Envelope, str | bytes, Conn, Writer], None]] = {
     "calls": _on_calls,
     "packets": _on_packets,
     "stats": _on_stats,
+    "export-data": _on_export_data,
 }

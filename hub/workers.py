@@ -7,7 +7,8 @@ many calls and packets messages, errors) and the last `stats` message the worker
     {"type": "stats", "drops": {"kernel": 12, "spool": 0, ...}, "tls": [{...}, ...], ...}
 
 `drops` are counters the worker keeps (kernel ring drops from PACKET_STATISTICS, eBPF ring-buffer
-drops, batches dropped from a full spool); the hub reports them as they are, so data the node had to
+drops, and `spool`: the calls its uplink dropped from a full spool, capture/uplink.py); the hub
+reports them as they are, so data the node had to
 give up is visible here rather than silently missing. Other keys are kept as sent, bounded in size
 (`MAX_STATS_BYTES`) so a hostile or broken worker cannot grow the hub's memory; the number of
 workers is bounded too (`MAX_WORKERS`, the oldest disconnected one is forgotten first).
@@ -36,6 +37,8 @@ class WorkerState:
     batches: int = 0
     packets_messages: int = 0
     errors: int = 0  # frames answered with an error
+    export_requests: int = 0  # export requests the hub sent it (hub/export.py)
+    export_failures: int = 0  # ... that it did not answer in full: disconnected, silent, or failed
     drops: dict[str, int] = field(default_factory=dict)  # from the worker's own `stats`
     reported: dict[str, Any] = field(default_factory=dict)  # the rest of its last `stats`
 
@@ -52,6 +55,8 @@ class WorkerState:
             "batches": self.batches,
             "packets_messages": self.packets_messages,
             "errors": self.errors,
+            "export_requests": self.export_requests,
+            "export_failures": self.export_failures,
             "drops": self.drops,
             "reported": self.reported,
         }

@@ -186,6 +186,37 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start with the stored history, newest first (default: the live view; j/G load history)",
     )
+    from podshark.worker_cmd import add_capture_options, default_state_dir
+
+    w = sub.add_parser(
+        "worker",
+        help="capture this node's traffic and stream the calls to a hub",
+        description=(
+            "The node worker: AF_PACKET capture on this node's pod interfaces (or --interface), HTTP/1, "
+            "HTTP/2, gRPC, DNS and Kafka dissection, the process behind each connection, redaction of "
+            "secrets, and one WebSocket to the hub with an on-disk spool while the hub is away. Raw "
+            "packets stay in a bounded spool on the node for the hub's pcap export. Needs root (or "
+            "CAP_NET_RAW+CAP_NET_ADMIN). The token comes from PODSHARK_TOKEN or --token-file."
+        ),
+    )
+    w.add_argument("--hub", required=True, metavar="URL", help="hub URL, e.g. http://podshark-hub:8898")
+    w.add_argument("--token-file", default=None, metavar="FILE", help="file holding the bearer token")
+    add_capture_options(w, state_default=default_state_dir())
+
+    from podshark.local_cmd import add_session_options, cache_dir
+
+    lo = sub.add_parser(
+        "local",
+        help="capture this machine live into an embedded hub and browse it (root)",
+        description=(
+            "Worker, hub and TUI in one process on this machine: every interface that is up (loopback "
+            "included) unless --interface says otherwise, the hub's own port left out. The history is "
+            "kept under ~/.cache/podshark/local/db. Needs root (or CAP_NET_RAW+CAP_NET_ADMIN)."
+        ),
+    )
+    add_session_options(lo, "local")
+    add_capture_options(lo, state_default=str(cache_dir("local") / "state"))
+
     return p
 
 
@@ -214,6 +245,8 @@ COMMANDS: dict[str, str] = {
     "export": "podshark.export_cmd",
     "open": "podshark.open_cmd",
     "ui": "podshark.ui_cmd",
+    "worker": "podshark.worker_cmd",
+    "local": "podshark.local_cmd",
 }
 
 

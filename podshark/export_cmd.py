@@ -110,9 +110,16 @@ def _copy(resp: http.client.HTTPResponse, out: BinaryIO, counter: BlockCounter, 
     from dissect.pcapng_write import estimated_size
     from podshark.progress import Progress
 
-    frames = int(resp.headers.get("X-Podshark-Frames", "0") or 0)
     calls = int(resp.headers.get("X-Podshark-Calls", "0") or 0)
-    total = estimated_size(frames, int(resp.headers.get("X-Podshark-Bytes", "0") or 0))
+    total = None  # frames gathered from workers' spools are not counted before they stream
+    if resp.headers.get("X-Podshark-Frames") is not None and resp.headers.get("X-Podshark-Bytes") is not None:
+        total = estimated_size(int(resp.headers["X-Podshark-Frames"]), int(resp.headers["X-Podshark-Bytes"]))
+    missing = resp.headers.get("X-Podshark-Missing-Workers")
+    if missing:
+        print(
+            f"podshark: warning: these workers did not answer; their frames are not in the file: {missing}",
+            file=sys.stderr,
+        )
     progress = Progress(total, "export", enabled=show)
     done = 0
     try:

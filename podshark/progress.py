@@ -18,8 +18,11 @@ def _human(n: float) -> str:
 class Progress:
     """`update(done, packets, calls)` redraws; `close()` clears the line."""
 
-    def __init__(self, total: int, label: str, stream: TextIO | None = None, enabled: bool = True) -> None:
-        self.total = max(total, 1)
+    def __init__(
+        self, total: int | None, label: str, stream: TextIO | None = None, enabled: bool = True
+    ) -> None:
+        """``total=None``: the size is not known in advance (a count without a bar)."""
+        self.total = None if total is None else max(total, 1)
         self.label = label
         self.stream = stream or sys.stderr
         self.enabled = enabled
@@ -34,14 +37,18 @@ class Progress:
         if now - self._last < 0.1:
             return
         self._last = now
-        frac = min(done / self.total, 1.0)
-        width = 24
-        fill = int(frac * width)
         rate = packets / max(now - self.start, 1e-6)
-        line = (
-            f"\r{self.label} [{'#' * fill}{'.' * (width - fill)}] {frac * 100:5.1f}% "
-            f"{_human(done)}/{_human(self.total)}  {packets:,} packets  {calls:,} calls  {rate:,.0f} pkt/s"
-        )
+        if self.total is None:
+            line = f"\r{self.label} {_human(done)}  {packets:,} packets  {calls:,} calls  {rate:,.0f} pkt/s"
+        else:
+            frac = min(done / self.total, 1.0)
+            width = 24
+            fill = int(frac * width)
+            line = (
+                f"\r{self.label} [{'#' * fill}{'.' * (width - fill)}] {frac * 100:5.1f}% "
+                f"{_human(done)}/{_human(self.total)}  {packets:,} packets  {calls:,} calls  "
+                f"{rate:,.0f} pkt/s"
+            )
         self.stream.write(line[:200])
         self.stream.flush()
         self._drawn = True

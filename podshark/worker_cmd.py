@@ -1,0 +1,203 @@
+"""`podshark worker --hub URL`: capture this node's traffic and stream its calls to a hub.
+
+The options are shared with `podshark local` and `podshark demo` (`add_capture_options`,
+`worker_config`), which run the same worker against an embedded hub. Exit codes: 0 after a clean
+stop (SIGTERM/SIGINT: the last calls are flushed to the hub), 1 when the worker failed while
+running, 2 when it could not start (the message says what to do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from capture.worker import WorkerConfig
+
+EXIT_FAIL = 1
+EXIT_INPUT = 2
+
+
+def add_capture_options(p: argparse.ArgumentParser, *, state_default: str) -> None:
+    """The options every live-capture command takes."""
+    from podshark.cli import _size
+
+    p.add_argument(
+        "--interface",
+        "-i",
+        action="append",
+        default=None,
+        metavar="IF",
+        help="capture on IF (a name or a glob such as 'veth*'; repeat for more). Default: every interface "
+        "that carries pod traffic on this node (veth host ends, CNI bridges), re-scanned as pods come and go",
+    )
+    p.add_argument("--node", default=None, metavar="NAME", help="node name in call ids (default: hostname)")
+    p.add_argument(
+        "--capture-filter",
+        "-f",
+        default=None,
+        metavar="EXPR",
+        help="tcpdump/pcap filter expression applied in the kernel (needs tcpdump to compile it)",
+    )
+    p.add_argument(
+        "--procs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="capture processes (PACKET_FANOUT by flow hash) when one core is not enough (default 1)",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(state_default),
+        metavar="DIR",
+        help=f"packet spool and unacknowledged batches (default {state_default})",
+    )
+    p.add_argument(
+        "--spool-size",
+        type=_size,
+        default=512 << 20,
+        metavar="SIZE",
+        help="raw packets kept on this node for pcap export (default 512MiB; the oldest go first)",
+    )
+    p.add_argument(
+        "--uplink-spool-size",
+        type=_size,
+        default=256 << 20,
+        metavar="SIZE",
+        help="calls kept on disk while the hub is unreachable (default 256MiB; what does not fit is "
+        "dropped, counted and reported to the hub)",
+    )
+    p.add_argument(
+        "--ring-size",
+        type=_size,
+        default=64 << 20,
+        metavar="SIZE",
+        help="kernel ring per interface (default 64MiB; bigger absorbs longer bursts)",
+    )
+    p.add_argument(
+        "--redact-header",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also mask this header's values (default: Authorization, Cookie, Set-Cookie, "
+        "Proxy-Authorization, X-Api-Key)",
+    )
+    p.add_argument(
+        "--redact-json-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="also mask this JSON body / form / query key (default: password, token, secret)",
+    )
+    p.add_argument(
+        "--no-default-redaction",
+        action="store_true",
+        help="mask only what --redact-header/--redact-json-key name",
+    )
+    p.add_argument(
+        "--no-identity", action="store_true", help="do not look up the processes behind connections"
+    )
+    p.add_argument(
+        "--no-ebpf",
+        action="store_true",
+        help="process identity from /proc only (short-lived clients such as curl may show no process)",
+    )
+
+
+def worker_config(
+    args: argparse.Namespace, hub: str, token: str | Callable[[], str | None] | None
+) -> WorkerConfig:
+    from capture.redact import DEFAULT_HEADERS, DEFAULT_JSON_KEYS
+    from capture.worker import WorkerConfig
+
+    headers = [] if args.no_default_redaction else list(DEFAULT_HEADERS)
+    keys = [] if args.no_default_redaction else list(DEFAULT_JSON_KEYS)
+    return WorkerConfig(
+        hub=hub,
+        token=token,
+        node=args.node or socket.gethostname(),
+        interfaces=args.interface,
+        capture_filter=args.capture_filter,
+        procs=args.procs,
+        state_dir=args.state_dir,
+        packet_spool_bytes=args.spool_size,
+        uplink_spool_bytes=args.uplink_spool_size,
+        ring_bytes=args.ring_size,
+        redact_headers=headers + args.redact_header,
+        redact_json_keys=keys + args.redact_json_key,
+        identity=not args.no_identity,
+        ebpf=not args.no_ebpf,
+    )
+
+
+def capture_problem() -> str | None:
+    """Why this process cannot capture (one line with what to do), or None."""
+    try:
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    except PermissionError:
+        return "capturing needs root (or the CAP_NET_RAW and CAP_NET_ADMIN capabilities): run it with sudo"
+    except OSError as e:
+        return f"cannot open an AF_PACKET socket: {e.strerror} (Linux only)"
+    s.close()
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from capture.worker import Worker, WorkerError
+    from hub.auth import AuthError, token_from
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.procs < 1:
+        print("podshark: error: --procs must be at least 1", file=sys.stderr)
+        return EXIT_INPUT
+    try:
+        token = token_from(args.token_file)
+    except AuthError as e:
+        print(f"podshark: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+    problem = capture_problem()
+    if problem:
+        print(f"podshark: error: {problem}", file=sys.stderr)
+        return EXIT_INPUT
+    token_file = args.token_file
+    # re-read before every (re)connection, so a rotated token file needs no restart
+    worker = Worker(worker_config(args, args.hub, (lambda: token_from(token_file)) if token_file else token))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await worker.run(stop)
+
+    try:
+        asyncio.run(main())
+    except WorkerError as e:
+        print(f"podshark: error: {e}", file=sys.stderr)
+        return EXIT_INPUT if not worker.capturing else EXIT_FAIL
+    except OSError as e:
+        print(f"podshark: error: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    counters = worker.uplink.counters() if worker.uplink is not None else {}
+    print(
+        f"podshark worker: {worker.calls} calls, {counters.get('acked', 0)} acknowledged by the hub, "
+        f"{counters.get('dropped', 0)} dropped",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def default_state_dir() -> str:
+    """/var/lib/podshark for root (the DaemonSet's hostPath), else the user's cache."""
+    if os.geteuid() == 0:
+        return "/var/lib/podshark"
+    return str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "podshark" / "worker")
