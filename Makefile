@@ -4,9 +4,9 @@
 
 PY ?= python3
 VENV ?= .venv
-ARGS ?= dissect fixtures/pcaps/http1__zeek_pipelined-requests.pcap
+ARGS ?=
 
-.PHONY: run test install install-dev lint bench clean
+.PHONY: run test install install-dev lint bench bpf clean
 
 run:
 	@bash scripts/phases.sh run $(ARGS)
@@ -22,6 +22,13 @@ lint:
 
 bench:
 	@bash scripts/phases.sh bench
+
+# The eBPF objects are committed beside their sources; rebuild them after editing a .bpf.c
+# (needs clang, bpftool and libbpf-dev: apt-get install clang bpftool libbpf-dev).
+bpf: capture/ebpf/conntrace.bpf.o
+
+capture/ebpf/%.bpf.o: capture/ebpf/%.bpf.c
+	bash capture/ebpf/build.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

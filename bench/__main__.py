@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import dns_kafka_dissect, http1_dissect, http2_dissect, hub_ingest, hub_query
+from bench import dns_kafka_dissect, http1_dissect, http2_dissect, hub_ingest, hub_query, worker_capture
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = REPO / "BENCHMARKS.md"
@@ -30,6 +30,7 @@ BENCHES: dict[str, tuple[Bench, str]] = {
     dns_kafka_dissect.KAFKA_NAME: (dns_kafka_dissect.run_kafka, dns_kafka_dissect.KAFKA_TITLE),
     hub_ingest.NAME: (hub_ingest.run, hub_ingest.TITLE),
     hub_query.NAME: (hub_query.run, hub_query.TITLE),
+    worker_capture.NAME: (worker_capture.run, worker_capture.TITLE),
 }
 
 HEADER = """\

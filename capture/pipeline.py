@@ -32,6 +32,7 @@ another fan-out process) never reuses a flow id.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -50,6 +51,7 @@ from dissect.model import Call
 log = logging.getLogger("podshark.capture")
 
 TICK_EVERY_NS = 500_000_000  # idle sweep and spool flush at most twice a second
+STEP_FRAMES = 4096  # frames taken from one ring per step
 
 
 @dataclass
@@ -149,7 +151,9 @@ class Pipeline:
             duplicate = self.dedupe.duplicate
             packet = engine.packet
             for ring in wait(list(self.rings.values()), timeout):
-                for ts, linktype, frame, orig_len in ring.packets():
+                # a bounded share per ring and step: under load the calls, the idle sweep and the
+                # stats still come out every few milliseconds instead of after a whole ring's backlog
+                for ts, linktype, frame, orig_len in itertools.islice(ring.packets(), STEP_FRAMES):
                     if not duplicate(linktype, frame, ts):
                         packet(ts, linktype, frame, orig_len)
                 if ring.error is not None:  # the interface was deleted: the re-scan may bring it back

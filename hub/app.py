@@ -23,7 +23,7 @@ def make_app(
     store: Store,
     token: str | None,
     *,
-    batch_interval: float = 1.0,
+    batch_interval: float = 0.5,
     batch_max_calls: int = 20_000,
 ) -> web.Application:
     """`token=None` means no auth (only allowed on loopback: `auth.check_startup`)."""

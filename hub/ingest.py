@@ -21,11 +21,12 @@ Messages are JSON objects with a `type`:
 - anything else that is not a JSON object with a known type: `{"type": "error", "error": ...}`,
   and the stream goes on.
 
-The writer (`Writer`) is one task: it takes batches off a queue, gathers them for about a second
-(or until `max_calls`), runs one `Store.add` in a thread (one bulk insert, one transaction), and one
-`Store.add_packets` for the frames of the `packets` messages among them, and then queues the acks
-on each connection's sender. The store deduplicates by id, so a batch resent after
-a reconnect is stored once.
+The writer (`Writer`) is one task: it takes batches off a queue, gathers them for half a second
+(the hub's `--batch-interval`; or until `max_calls`), runs one `Store.add` in a thread (one bulk
+insert, one transaction), and one `Store.add_packets` for the frames of the `packets` messages among
+them, and then queues the acks on each connection's sender. Half a second keeps a live call's delay
+from packet to the TUI under a second while a commit still carries thousands of calls. The store
+deduplicates by id, so a batch resent after a reconnect is stored once.
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run without a token (only on a loopback address)",
     )
-    h.add_argument("--batch-interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    h.add_argument("--batch-interval", type=float, default=0.5, help=argparse.SUPPRESS)
 
     i = sub.add_parser(
         "import",
@@ -217,6 +217,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_session_options(lo, "local")
     add_capture_options(lo, state_default=str(cache_dir("local") / "state"))
 
+    dm = sub.add_parser(
+        "demo",
+        help="run a small multi-service workload in network namespaces and browse it live (root)",
+        description=(
+            "Builds a few 'pods' (network namespaces on a bridge): a load generator, a frontend, an HTTP "
+            "API, a gRPC inventory service and DNS, with some errors and slow calls; captures them live "
+            "into an embedded hub and opens the TUI. Everything is removed when the demo ends."
+        ),
+    )
+    dm.add_argument(
+        "--rate", type=float, default=5.0, metavar="N", help="frontend requests per second (default 5)"
+    )
+    add_session_options(dm, "demo")
+    add_capture_options(dm, state_default=str(cache_dir("demo") / "state"))
     return p
 
 
@@ -247,6 +261,7 @@ COMMANDS: dict[str, str] = {
     "ui": "podshark.ui_cmd",
     "worker": "podshark.worker_cmd",
     "local": "podshark.local_cmd",
+    "demo": "podshark.demo_cmd",
 }
 
 

@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,13 @@ def run(args: argparse.Namespace) -> int:
     return live_session(args, "local", interfaces)
 
 
-def live_session(args: argparse.Namespace, name: str, interfaces: list[str], banner: str = "") -> int:
+def live_session(
+    args: argparse.Namespace,
+    name: str,
+    interfaces: list[str],
+    banner: str = "",
+    on_capturing: Callable[[], None] | None = None,
+) -> int:
     """Embedded hub + worker on ``interfaces`` + TUI (or wait), as `local` and `demo` run them."""
     from capture.worker import Worker, WorkerError
     from hub.auth import AuthError, token_from
@@ -107,6 +114,8 @@ def live_session(args: argparse.Namespace, name: str, interfaces: list[str], ban
             print(f"podshark {name}: {w}", file=sys.stderr)
         if banner:
             print(banner, file=sys.stderr)
+        if on_capturing is not None:
+            on_capturing()
         ui = not args.no_ui and sys.stdout.isatty() and importlib.util.find_spec("tui.app") is not None
         if ui:
             from tui.app import run_app  # type: ignore[import-not-found, unused-ignore]

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PY=${PY:-python3}
+DEMO_CAPTURE=${DEMO_CAPTURE:-fixtures/pcaps/mixed__zeek_wikipedia.pcap}
 declare -a PHASES=()
 
 phase() {  # phase NAME CMD...: run CMD, remember how long it took
@@ -30,7 +31,9 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null;
 # Debian packages: the tests use real tshark/tcpdump/editcap, a real nginx and curl, and iproute2 for
 # network namespaces. Installed only when something is missing, so a warm machine skips apt entirely.
 APT_RUN=(python3-venv python3-pip)
-APT_TEST=(tshark tcpdump wireshark-common nginx-light curl iproute2 bc openssl nghttp2-server nghttp2-client dnsmasq-base bind9-dnsutils)
+APT_RUN_DEMO=(tcpdump iproute2 dnsmasq-base curl)
+APT_TEST=(tshark tcpdump wireshark-common nginx-light curl iproute2 bc openssl nghttp2-server nghttp2-client dnsmasq-base bind9-dnsutils util-linux)
+APT_BENCH=(wrk dnsperf tcpreplay)
 system_packages() {
     local want=("$@") missing=()
     $PY -c "import venv, ensurepip" 2>/dev/null || missing+=(python3-venv python3-pip)
@@ -44,6 +47,7 @@ system_packages() {
             nghttp2-client) command -v nghttp >/dev/null || missing+=("$p") ;;
             dnsmasq-base) command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || missing+=("$p") ;;
             bind9-dnsutils) command -v dig >/dev/null || missing+=("$p") ;;
+            util-linux) command -v setpriv >/dev/null || missing+=("$p") ;;
             *) command -v "$p" >/dev/null || missing+=("$p") ;;
         esac
     done
@@ -81,9 +85,21 @@ tests() {
 cmd=${1:-test}; shift || true
 case $cmd in
     run)
+        # No arguments: the live demo as root (namespaces and capture need it); otherwise a bundled
+        # capture of that demo opened in the TUI. With arguments: `podshark ARGS`.
+        if [ $# -eq 0 ] && [ "$(id -u)" -eq 0 ]; then
+            phase "system packages" system_packages "${APT_RUN[@]}" "${APT_RUN_DEMO[@]}"
+            phase "python environment" python_env demo
+            report
+            exec "$VENV/bin/podshark" demo
+        fi
         phase "system packages" system_packages "${APT_RUN[@]}"
         phase "python environment" python_env ""
         report
+        if [ $# -eq 0 ]; then
+            echo "not root: opening a recorded capture of 'podshark demo' (run as root for the live demo)"
+            exec "$VENV/bin/podshark" open "$DEMO_CAPTURE"
+        fi
         exec "$VENV/bin/podshark" "$@"
         ;;
     install)
@@ -101,7 +117,7 @@ case $cmd in
         phase "lint (ruff, mypy)" lint
         report ;;
     bench)
-        phase "system packages" system_packages "${APT_RUN[@]}" "${APT_TEST[@]}" wrk dnsperf
+        phase "system packages" system_packages "${APT_RUN[@]}" "${APT_TEST[@]}" "${APT_BENCH[@]}"
         phase "python environment" python_env dev
         phase "benchmarks" "$VENV/bin/python" -m bench "$@"
         report ;;
