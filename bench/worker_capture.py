@@ -52,7 +52,7 @@ NAME = "worker_capture"
 TITLE = "Live capture: one worker on a veth fed by tcpreplay"
 REPO = Path(__file__).resolve().parent.parent
 
-RATES = (25_000, 50_000, 100_000, 150_000, 200_000, 300_000)
+RATES = (10_000, 20_000, 30_000, 40_000, 60_000, 100_000, 150_000)
 STEP_SECONDS = 8.0
 NODE = "bench-node"
 
@@ -266,7 +266,11 @@ def run(previous: str | None = None, runs: int = 1, regen: bool = False, log: Lo
     mem = res["mem"]
     m = machine()
     rows = [
-        ("measured", f"{time.strftime('%Y-%m-%d')} at {podshark_revision()} on {m['cpus']} ({m['cpu']})"),
+        (
+            "measured",
+            f"{time.strftime('%Y-%m-%d')} at {podshark_revision()}, {m['nproc']} CPUs ({m['cpu']}), "
+            f"load {m['load']}",
+        ),
         (
             "traffic",
             f"{Path(res['capture'].path).name}: nginx + wrk HTTP/1.1, {res['capture'].packets} packets",
