@@ -57,6 +57,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+DRAIN_GAP = 0.002  # seconds between ring-buffer drains triggered by lookup misses
 log = logging.getLogger("capture.procs")
 
 DEFAULT_TTL = 600.0
@@ -366,6 +367,7 @@ class ProcessIndex:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._tracer: Any = None
+        self._last_drain = 0.0  # a miss drains the tracer's ring at most every DRAIN_GAP seconds
         self._ebpf_reason: str | None = None
         self._iterator_reason: str | None = None  # why the eBPF socket iterator is not used
         self._iterator_checked = False
@@ -500,7 +502,10 @@ class ProcessIndex:
             self._lookups += 1
             found = self._find(t, client, client_port, server, server_port, asked)
         tracer = self._tracer
-        if None in found and tracer is not None:
+        if None in found and tracer is not None and asked - self._last_drain >= DRAIN_GAP:
+            # (rate-limited: most misses are ends on other nodes, and a drain per call would cost a
+            # fifth of the capture thread at 10k calls/s; the poller itself drains every 10 ms)
+            self._last_drain = asked
             # the tracer's events of the last few milliseconds may hold it (a call that just ended)
             try:
                 drained = tracer.drain()

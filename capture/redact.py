@@ -142,8 +142,14 @@ class Redactor:
         if trailers is not None:
             msg.trailers = trailers
             changed = True
-        if msg.body and (self._hinted(msg.body) or b"%" in msg.body):  # a form key may be percent-encoded
-            body = self._body(msg.body, (msg.header("content-type") or "").lower())
+        if (
+            msg.body
+            and _scannable(ctype := (msg.header("content-type") or "").lower(), msg.body)
+            and (
+                self._hinted(msg.body) or b"%" in msg.body  # a form key may be percent-encoded
+            )
+        ):
+            body = self._body(msg.body, ctype)
             if body is not None:
                 msg.body = body
                 changed = True
@@ -394,3 +400,29 @@ def _tcp_payload(linktype: int, f: bytes) -> tuple[int, int] | None:
     if start < l4 + 20 or start >= end:
         return None
     return start, end
+
+
+# Bodies of these types hold no JSON or form keys to mask (HTML, images, fonts, archives, protobuf):
+# skipping them spares the case-insensitive scan of every page a busy node serves. A body without a
+# content type, or one that starts like JSON, is always scanned.
+_OPAQUE_TYPES = (
+    "text/html",
+    "image/",
+    "audio/",
+    "video/",
+    "font/",
+    "application/octet-stream",
+    "application/grpc",
+    "application/x-protobuf",
+    "application/protobuf",
+    "application/zip",
+    "application/gzip",
+    "application/pdf",
+    "application/wasm",
+)
+
+
+def _scannable(content_type: str, body: bytes) -> bool:
+    if not content_type or not content_type.startswith(_OPAQUE_TYPES):
+        return True
+    return body[:1] in (b"{", b"[")
