@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PY=${PY:-python3}
-DEMO_CAPTURE=${DEMO_CAPTURE:-fixtures/pcaps/mixed__zeek_wikipedia.pcap}
+DEMO_CAPTURE=${DEMO_CAPTURE:-fixtures/pcaps/demo__podshark_demo.pcap}
 declare -a PHASES=()
 
 phase() {  # phase NAME CMD...: run CMD, remember how long it took

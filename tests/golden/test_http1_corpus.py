@@ -45,7 +45,10 @@ def http1_fixtures() -> list[Path]:
         p
         for p in FIXTURES.glob("*")
         if p.suffix in (".pcap", ".pcapng")
-        and (p.name.startswith("http1__") or p.name == "mixed__zeek_wikipedia.pcap")
+        and (
+            p.name.startswith("http1__")
+            or p.name in ("mixed__zeek_wikipedia.pcap", "demo__podshark_demo.pcap")
+        )
     )
 
 
