@@ -29,31 +29,14 @@ from capture import wire
 from capture.uplink import BatchSpool, SpoolCorrupt, Uplink
 from tests.capture.test_uplink import Running, make_call, stored_ids, wait_until, worker_entry
 from tests.conftest import REPO
-from tests.hub.test_service import TOKEN, Hub, _env, _free_port, get, hub_argv
+from tests.hub.test_service import TOKEN, Hub, _free_port, get, start_hub
 
 pytestmark = pytest.mark.slow
 
 
 def start_hub_on(db: Path, log: Path, port: int) -> Hub:
     """A hub process on a given port (to come back where the worker keeps reconnecting)."""
-    url = f"http://127.0.0.1:{port}"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            hub_argv(db, port), cwd=REPO, env=_env(), stdout=out, stderr=subprocess.STDOUT
-        )
-    hub = Hub(proc, url, db, log)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"hub exited {proc.returncode}: {log.read_text()}")
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
-                if r.status == 200:
-                    return hub
-        except OSError:
-            time.sleep(0.1)
-    hub.stop()
-    raise AssertionError(f"hub did not come up: {log.read_text()}")
+    return start_hub(db, log, port)
 
 
 def spool_files_bytes(d: Path) -> int:

@@ -87,8 +87,9 @@ def hub_argv(db: Path, port: int) -> list[str]:
     ]
 
 
-def start_hub(db: Path, log: Path) -> Hub:
-    port = _free_port()
+def start_hub(db: Path, log: Path, port: int | None = None) -> Hub:
+    """A hub process on a free port (or on ``port``: to come back where a worker keeps reconnecting)."""
+    port = port or _free_port()
     url = f"http://127.0.0.1:{port}"
     with log.open("ab") as out:
         proc = subprocess.Popen(
@@ -99,7 +100,7 @@ def start_hub(db: Path, log: Path) -> Hub:
             stderr=subprocess.STDOUT,
         )
     hub = Hub(proc, url, db, log)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60  # a restart after kill -9 replays the WAL first
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"hub exited {proc.returncode}: {log.read_text()}")
