@@ -255,6 +255,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class HubProcess:
     """`python -m podshark hub --db DIR` on a free loopback port, with `TOKEN`."""
@@ -299,8 +305,7 @@ class HubProcess:
     def cpu_seconds(self) -> float:
         """User + system CPU time of the hub process so far (all its threads)."""
         assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self.proc.pid)
 
     def get(self, path: str) -> bytes:
         req = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {TOKEN}"})

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.http1_dissect import machine, podshark_revision
-from bench.hub_calls import TOKEN, HubProcess
+from bench.hub_calls import TOKEN, HubProcess, process_cpu_seconds
 from bench.report import history_lines, keep, render_section
 from bench.traffic import http1_capture
 
@@ -141,11 +141,6 @@ def _proc_status(pid: int) -> dict[str, int]:
     return out
 
 
-def _cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _wait_drained(hub: HubProcess, log: Log, timeout: float = 120.0) -> dict[str, Any]:
     """The worker's report once its call count has not moved for two reports in a row."""
     deadline = time.monotonic() + timeout
@@ -205,7 +200,7 @@ def _tree_cpu(pid: int) -> float:
     total = 0.0
     for p in [pid, *map(int, kids)]:
         with contextlib.suppress(OSError):
-            total += _cpu(p)
+            total += process_cpu_seconds(p)
     return total
 
 

@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--token-file", default=None, metavar="FILE", help="file holding the bearer token")
     add_capture_options(w, state_default=default_state_dir())
 
-    from podshark.local_cmd import add_session_options, cache_dir
+    from podshark.local_cmd import add_session_options
+    from podshark.paths import cache_dir
 
     lo = sub.add_parser(
         "local",

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import signal
 import sys
 import threading
@@ -25,12 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from podshark.paths import cache_dir
+
 EXIT_FAIL = 1
 EXIT_INPUT = 2
-
-
-def cache_dir(name: str) -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "podshark" / name
 
 
 def add_session_options(p: argparse.ArgumentParser, name: str) -> None:

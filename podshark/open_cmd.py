@@ -28,9 +28,9 @@ EXIT_INPUT = 2
 
 def default_db(file: str) -> Path:
     from dissect.engine import file_source_id
+    from podshark.paths import cache_dir
 
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "podshark" / "open" / file_source_id(file)
+    return cache_dir("open") / file_source_id(file)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -200,4 +200,6 @@ def default_state_dir() -> str:
     """/var/lib/podshark for root (the DaemonSet's hostPath), else the user's cache."""
     if os.geteuid() == 0:
         return "/var/lib/podshark"
-    return str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "podshark" / "worker")
+    from podshark.paths import cache_dir
+
+    return str(cache_dir("worker"))

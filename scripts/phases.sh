@@ -32,7 +32,7 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null;
 # network namespaces. Installed only when something is missing, so a warm machine skips apt entirely.
 APT_RUN=(python3-venv python3-pip)
 APT_RUN_DEMO=(tcpdump iproute2 dnsmasq-base curl)
-APT_TEST=(tshark tcpdump wireshark-common nginx-light curl iproute2 bc openssl nghttp2-server nghttp2-client dnsmasq-base bind9-dnsutils util-linux)
+APT_TEST=(tshark tcpdump wireshark-common nginx-light curl iproute2 bc openssl nghttp2-server nghttp2-client dnsmasq-base bind9-dnsutils util-linux libbpf1)
 APT_BENCH=(wrk dnsperf tcpreplay)
 system_packages() {
     local want=("$@") missing=()
@@ -48,6 +48,7 @@ system_packages() {
             dnsmasq-base) command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || missing+=("$p") ;;
             bind9-dnsutils) command -v dig >/dev/null || missing+=("$p") ;;
             util-linux) command -v setpriv >/dev/null || missing+=("$p") ;;
+            libbpf1) ldconfig -p 2>/dev/null | grep -q 'libbpf\.so\.1 ' || missing+=("$p") ;;
             *) command -v "$p" >/dev/null || missing+=("$p") ;;
         esac
     done

@@ -166,16 +166,16 @@ class Tcpdump:
 
 
 @contextlib.contextmanager
-def tcpdump(ns: str, ifname: str, out: Path, expr: str = "", *extra: str) -> Iterator[Tcpdump]:
-    """tcpdump on `ifname` inside `ns` (nanosecond timestamps, whole frames, no promiscuous mode),
-    yielding once it is capturing; on exit it is stopped, its counters parsed and its frames read."""
+def tcpdump(
+    ns: str | None, ifname: str, out: Path, expr: str = "", *extra: str, promiscuous: bool = False
+) -> Iterator[Tcpdump]:
+    """tcpdump on `ifname` inside `ns` (None: the root namespace; nanosecond timestamps, whole frames,
+    promiscuous only when asked: a bridge sees its ports' unicast only that way), yielding once it is
+    capturing; on exit it is stopped, its counters parsed and its frames read."""
     assert IP is not None and TCPDUMP is not None
     cap = Tcpdump(out)
     argv = [
-        IP,
-        "netns",
-        "exec",
-        ns,
+        *([IP, "netns", "exec", ns] if ns is not None else []),
         TCPDUMP,
         "-i",
         ifname,
@@ -184,8 +184,9 @@ def tcpdump(ns: str, ifname: str, out: Path, expr: str = "", *extra: str) -> Ite
         "-U",
         "--immediate-mode",
         "-n",
-        "-p",
     ]
+    if not promiscuous:
+        argv.append("-p")
     argv += ["-s", "0", "-B", "32768", "-Z", "root", "--time-stamp-precision=nano", *extra]
     if expr:
         argv.append(expr)

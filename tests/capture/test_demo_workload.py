@@ -24,7 +24,6 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -57,6 +56,7 @@ from podshark.demo.dns import answer, dnsmasq_path, records
 from podshark.demo.inventory import WATCH_UPDATES
 from podshark.demo.loadgen import MIX
 from podshark.demo.topology import EDGES, SERVICES, ZONE
+from tests.capture.netlab import Tcpdump, tcpdump
 
 REPO = Path(__file__).resolve().parents[2]
 TCPDUMP = shutil.which("tcpdump")
@@ -70,58 +70,6 @@ if importlib.util.find_spec("xdist") is not None:
 
 
 # --- capture helpers --------------------------------------------------------------------------------
-
-
-@dataclass
-class Tcpdump:
-    path: Path
-    stderr: str = ""
-    captured: int | None = None
-    dropped: int | None = None
-
-
-@contextlib.contextmanager
-def tcpdump(ifname: str, out: Path) -> Iterator[Tcpdump]:
-    """tcpdump (promiscuous, whole frames) on a root-namespace interface; yields once it captures."""
-    assert TCPDUMP is not None
-    cap = Tcpdump(out)
-    argv = [TCPDUMP, "-i", ifname, "-w", str(out), "-U", "--immediate-mode", "-n", "-s", "0"]
-    argv += ["-B", "32768", "-Z", "root", "--time-stamp-precision=nano"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    listening = threading.Event()
-
-    def read_stderr() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            if "listening on" in line:
-                listening.set()
-        listening.set()
-
-    reader = threading.Thread(target=read_stderr, daemon=True)
-    reader.start()
-    try:
-        if not listening.wait(10) or proc.poll() is not None:
-            raise RuntimeError(f"tcpdump did not start: {''.join(lines).strip()}")
-        yield cap
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        reader.join(timeout=5)
-    cap.stderr = "".join(lines)
-    for line in lines:
-        words = line.split()
-        if words and words[0].isdigit():
-            if "captured" in line:
-                cap.captured = int(words[0])
-            elif "dropped by kernel" in line:
-                cap.dropped = int(words[0])
 
 
 def tshark_count(path: Path, display_filter: str) -> int:
@@ -189,8 +137,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         cleaned = cleanup_stale()  # must leave this live demo alone
         front_if = topo.service("frontend").host_if
         with (
-            tcpdump(demo.bridge, out / "bridge.pcap") as cap,
-            tcpdump(front_if, out / "front.pcap"),
+            tcpdump(None, demo.bridge, out / "bridge.pcap", promiscuous=True) as cap,
+            tcpdump(None, front_if, out / "front.pcap", promiscuous=True),
         ):
             demo.release_traffic()
             time.sleep(CYCLES * len(MIX) / RATE + 0.8)  # +0.8: the slowest call of the last cycle ends

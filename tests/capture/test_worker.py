@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from dissect.pcapio import CaptureReader
-from tests.capture.podnet import PodNet, named, new_prefix, podnet
+from tests.capture.podnet import Pod, PodNet, named, new_prefix, podnet
 from tests.hub.test_service import REPO, Hub, _env, get, start_hub
 from tests.realtraffic import netns_unavailable_reason, tools_missing_reason
 
@@ -52,16 +52,22 @@ def node() -> Iterator[PodNet]:
     if reason:
         pytest.skip(reason)
     with podnet("client", "server") as net:
-        server = net.pods["server"]
-        net.spawn(server, named("psk-httpd", "tests.capture.echo_http", server.ip, str(HTTP_PORT)), cwd=REPO)
+        server = start_http_server(net)
         net.spawn(
             server,
             named("psk-grpcd", "tests.capture.echo_grpc", "server", server.ip, str(GRPC_PORT)),
             cwd=REPO,
         )
-        _wait_listening(net, server.ip, HTTP_PORT)
         _wait_listening(net, server.ip, GRPC_PORT)
         yield net
+
+
+def start_http_server(net: PodNet) -> Pod:
+    """The echo HTTP server, named psk-httpd, in the "server" pod; returns once it listens."""
+    server = net.pods["server"]
+    net.spawn(server, named("psk-httpd", "tests.capture.echo_http", server.ip, str(HTTP_PORT)), cwd=REPO)
+    _wait_listening(net, server.ip, HTTP_PORT)
+    return server
 
 
 def _wait_listening(net: PodNet, ip: str, port: int) -> None:
@@ -326,11 +332,7 @@ def test_pod_interfaces_are_picked_up_and_dropped_as_they_come_and_go(tmp_path: 
         assert w["reported"]["interface_count"] == 0
         assert any("no interface to capture yet" in x for x in w["reported"]["warnings"])
         with podnet("client", "server", prefix=prefix) as net:
-            server = net.pods["server"]
-            net.spawn(
-                server, named("psk-httpd", "tests.capture.echo_http", server.ip, str(HTTP_PORT)), cwd=REPO
-            )
-            _wait_listening(net, server.ip, HTTP_PORT)
+            server = start_http_server(net)
             _wait_worker(hub, worker, interfaces=3)
             r = net.run(net.pods["client"], ["curl", "-sS", f"http://{server.ip}:{HTTP_PORT}/late/{prefix}"])
             assert r.returncode == 0

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.capture.podnet import PodNet, named, podnet
+from tests.capture.podnet import PodNet, podnet
 from tests.capture.test_uplink_faults import start_hub_on
 from tests.capture.test_worker import (
     HTTP_PORT,
@@ -28,11 +28,11 @@ from tests.capture.test_worker import (
     _calls,
     _skip_reason,
     _wait_calls,
-    _wait_listening,
     _wait_worker,
     _worker_state,
+    start_http_server,
 )
-from tests.hub.test_service import REPO, _free_port
+from tests.hub.test_service import _free_port
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(300)]
 if importlib.util.find_spec("xdist") is not None:
@@ -45,9 +45,7 @@ def node() -> Iterator[PodNet]:
     if reason:
         pytest.skip(reason)
     with podnet("client", "server") as net:
-        server = net.pods["server"]
-        net.spawn(server, named("psk-httpd", "tests.capture.echo_http", server.ip, str(HTTP_PORT)), cwd=REPO)
-        _wait_listening(net, server.ip, HTTP_PORT)
+        start_http_server(net)
         yield net
 
 
