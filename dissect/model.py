@@ -35,7 +35,7 @@ class Flag:
     MID_STREAM = "mid-stream"  # the capture started inside this connection
     RESPONSE_MISSING = "response-missing"
     REQUEST_MISSING = "request-missing"
-    TRUNCATED = "truncated"  # a body was cut at the size limit or by a gap
+    TRUNCATED = "truncated"  # a body was cut: size limit, gap, or the connection/capture ended in it
     PARSE_ERROR = "parse-error"
     HPACK_DESYNC = "hpack-desync"
     SERVER_PUSH = "server-push"

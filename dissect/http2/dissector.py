@@ -264,6 +264,9 @@ class HTTP2Dissector:
                         st.flag(Flag.PARSE_ERROR)
                     s.block = None
             for st in list(self.streams.values()):
+                for half in st.halves:
+                    if half.seen and not half.ended:  # the connection (or capture) ended mid-message
+                        half.lost = True
                 self._emit(st)
         except Exception:
             if self.strict:

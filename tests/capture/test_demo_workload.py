@@ -170,8 +170,10 @@ def between(run: Run, client: str, server: str, protocol: str) -> list[Call]:
 
 
 def whole(calls: list[Call]) -> list[Call]:
-    """Calls with both halves (the capture starts and ends in the middle of the workload)."""
-    return [c for c in calls if c.request is not None and c.response is not None]
+    """Calls with both halves, neither cut (the capture starts and ends in the middle of the workload)."""
+    return [
+        c for c in calls if c.request is not None and c.response is not None and "truncated" not in c.flags
+    ]
 
 
 # --- what the capture shows ------------------------------------------------------------------------

@@ -459,6 +459,27 @@ def test_grpc_stream_becomes_a_grpc_call_with_raw_bodies() -> None:
     assert c.response is not None and c.response.body == msg
 
 
+def test_stream_still_open_at_close_is_truncated_not_whole() -> None:
+    """A server stream cut by the end of the connection (or capture) before its trailers: the call is
+    kept with what arrived, flagged truncated, and has no status; a finished stream beside it is not."""
+    conv = H2Conv()
+    msg = b"\x00\x00\x00\x00\x03\x08\x96\x01"
+    grpc_req = [("content-type", "application/grpc"), ("te", "trailers")]
+    for sid in (1, 3):
+        conv.c.send_headers(sid, req_headers("/pkg.Svc/Watch", "POST", grpc_req))
+        conv.c.send_data(sid, msg, end_stream=True)
+    conv.flush()
+    conv.respond(1, 200, msg, headers=[("content-type", "application/grpc")], trailers=[("grpc-status", "0")])
+    conv.s.send_headers(3, [(":status", "200"), ("content-type", "application/grpc")])
+    conv.s.send_data(3, msg + msg)  # two messages, then the capture ends: no END_STREAM, no trailers
+    conv.flush()
+    calls = {c.info["stream_id"]: c for c in run(conv.chunks)}
+    assert calls[1].status == 0 and Flag.TRUNCATED not in calls[1].flags
+    cut = calls[3]
+    assert cut.status is None and Flag.TRUNCATED in cut.flags
+    assert cut.response is not None and cut.response.body == msg + msg
+
+
 def test_grpc_bodies_are_not_content_decoded() -> None:
     conv = H2Conv()
     raw = zlib.compress(b"x" * 10)
