@@ -15,7 +15,15 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import dns_kafka_dissect, http1_dissect, http2_dissect, hub_ingest, hub_query, worker_capture
+from bench import (
+    dns_kafka_dissect,
+    http1_dissect,
+    http2_dissect,
+    hub_ingest,
+    hub_query,
+    worker_capture,
+    worker_stages,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = REPO / "BENCHMARKS.md"
@@ -31,6 +39,7 @@ BENCHES: dict[str, tuple[Bench, str]] = {
     hub_ingest.NAME: (hub_ingest.run, hub_ingest.TITLE),
     hub_query.NAME: (hub_query.run, hub_query.TITLE),
     worker_capture.NAME: (worker_capture.run, worker_capture.TITLE),
+    worker_stages.NAME: (worker_stages.run, worker_stages.TITLE),
 }
 
 HEADER = """\
