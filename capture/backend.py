@@ -72,6 +72,7 @@ class InThread:
 
     def _loop(self) -> None:
         pipe = self.pipeline
+        pipe.start_tls()  # on this thread: the engine it feeds is this thread's
         next_stats = 0.0
         while not self._stop.is_set():
             while not self._commands.empty():

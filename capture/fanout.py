@@ -46,6 +46,7 @@ def _child(conn: Connection, config: PipelineConfig) -> None:
     """A fan-out process: commands in, calls and stats out, until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop (and flushes us)
     pipe = Pipeline(config)
+    pipe.start_tls()
     next_stats = 0.0
     try:
         while True:
@@ -108,6 +109,8 @@ class Fanout:
                 index=k,
                 ring_bytes=self.config.ring_bytes,
                 frame_mask=self.config.frame_mask,
+                tls=self.config.tls and k == 0,  # one tracer per node: the first process feeds it
+                worker_pid=self.config.worker_pid,
             )
             proc = self._ctx.Process(
                 target=_child, args=(child, cfg), name=f"podshark-capture-{k}", daemon=True
@@ -179,6 +182,9 @@ class Fanout:
                 d["drops"] += s.get("drops", 0)
         merged["interfaces"] = interfaces
         merged["errors"] = [e for p in parts for e in p.get("errors", [])][-8:]
+        tls = next((p["tls"] for p in parts if "tls" in p), None)  # only the first process traces
+        if tls is not None:
+            merged["tls"] = tls
         return merged
 
     def stop(self) -> None:

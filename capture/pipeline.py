@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,6 +66,8 @@ class PipelineConfig:
     index: int = 0  # this process's index among the fan-out processes
     ring_bytes: int = 64 << 20  # per interface
     frame_mask: Callable[[int, bytes], bytes] | None = None  # the redactor for raw frames
+    tls: bool = False  # TLS plaintext through eBPF uprobes (capture.tls); one process of a fan-out
+    worker_pid: int = field(default_factory=os.getpid)  # its own TLS (the uplink) is not traced
     source: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
@@ -91,6 +94,20 @@ class Pipeline:
         self._next_tick = 0
         self._closed_stats = {"packets": 0, "drops": 0}  # of rings closed since (interfaces gone)
         self.errors: list[str] = []  # the last few open failures, for stats
+        self.tls: Any = None  # capture.tls.TlsCapture, after start_tls
+
+    def start_tls(self) -> str | None:
+        """Trace TLS plaintext (config.tls) from now on; one line saying why not, or None."""
+        if not self.config.tls or self.tls is not None:
+            return None
+        from capture.tls import TlsCapture
+
+        self.tls = TlsCapture(self.engine, own_pid=self.config.worker_pid)
+        why = self.tls.start()
+        if why is not None:
+            self._error(why)
+            log.warning("%s", why)
+        return why
 
     # -- interfaces ------------------------------------------------------------------------------
 
@@ -161,6 +178,8 @@ class Pipeline:
                     self.close_iface(ring.name)
         else:
             time.sleep(timeout)
+        if self.tls is not None:
+            self.tls.step()  # after the packets: a ClientHello captured meanwhile names the SNI
         now = time.time_ns()
         if now >= self._next_tick:
             self._next_tick = now + TICK_EVERY_NS
@@ -175,6 +194,9 @@ class Pipeline:
         """End of capture: every open connection closed, its pending calls returned; rings closed."""
         for name in list(self.rings):
             self.close_iface(name)
+        if self.tls is not None:
+            self.tls.step()
+            self.tls.close()
         self.engine.finish()
         calls = list(self.engine.out)
         self.engine.out.clear()
@@ -207,4 +229,5 @@ class Pipeline:
             "buffered_bytes": self.engine.buffered_bytes(),
             "spool": self.spool.stats() if self.spool is not None else {},
             "errors": list(self.errors),
+            **({"tls": self.tls.stats()} if self.tls is not None else {}),
         }

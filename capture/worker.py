@@ -63,6 +63,7 @@ class WorkerConfig:
     redact_json_keys: Sequence[str] = DEFAULT_JSON_KEYS
     identity: bool = True  # process identity from /proc
     ebpf: bool = True  # ... and the eBPF connect tracer for short-lived clients
+    tls: bool = False  # TLS plaintext through eBPF uprobes on OpenSSL (capture.tls)
     rescan_interval: float = 2.0
     stats_interval: float = 2.0
     ssl: Any = None  # an ssl.SSLContext for a wss:// hub
@@ -120,6 +121,7 @@ class Worker:
             capture_filter=self.capture_filter(),
             ring_bytes=self.config.ring_bytes,
             frame_mask=self.redactor.frame,
+            tls=self.config.tls,
         )
         if self.config.procs > 1:
             from capture.fanout import Fanout
@@ -158,6 +160,10 @@ class Worker:
                     and dst.port is not None
                 ):
                     client, server = ident.lookup(call.transport, src.ip, src.port, dst.ip, dst.port)
+                    if src.process is not None:  # named by the TLS tracer, from inside the process
+                        client, src.node = None, node
+                    if dst.process is not None:
+                        server, dst.node = None, node
                     if client is not None:
                         src.pid, src.process, src.container, src.node = (
                             client.pid,
@@ -200,6 +206,13 @@ class Worker:
             "warnings": self.warnings[-8:],
             "errors": cap.get("errors", []),
         }
+        tls = cap.get("tls")
+        if tls is not None:
+            out["tls"] = tls
+            counters = tls.get("counters") or {}
+            out["drops"]["tls"] = int(counters.get("drops", 0) or 0)  # ring-buffer records lost
+        elif self.config.tls:
+            out["tls"] = {"enabled": False, "reason": "the capture has not started yet"}
         if "dead_procs" in cap:
             out["procs"] = cap.get("procs")
             out["dead_procs"] = cap.get("dead_procs")

@@ -33,6 +33,7 @@ from dissect.ipfrag import Fragments
 from dissect.model import Call, Endpoint
 from dissect.packet import IPPROTO_TCP, IPPROTO_UDP, L4, decode, ip_text
 from dissect.pcapio import CaptureReader, Packet
+from dissect.plaintext import Plaintext
 from dissect.tcp import ACK, SYN, TCPConn
 from dissect.udp import UDPFlow
 
@@ -79,6 +80,24 @@ class Engine:
         self.now = 0
         self.packets = 0
         self.undecoded = 0  # frames that were not TCP (or not yet: fragments)
+        self.plain: Plaintext | None = None  # decrypted TLS streams, once `enable_plaintext` is called
+
+    def enable_plaintext(self) -> Plaintext:
+        """Accept decrypted TLS streams (`dissect.plaintext`): from now on the packet side's opaque
+        ``tls`` calls are held briefly so the decrypted calls of the same connection can replace them."""
+        if self.plain is None:
+            self.plain = Plaintext(
+                analyzers=self.analyzers,
+                limits=self.limits,
+                budget=self.body_budget,
+                new_flow_id=self._new_flow_id,
+                name=self._name,
+                clock=lambda: self.now,
+                out=self.out,
+                packets=self.tcp,
+                on_frame=self.on_frame,
+            )
+        return self.plain
 
     # -- input ---------------------------------------------------------------------------------
 
@@ -321,6 +340,8 @@ class Engine:
         if now_ns > self.now:
             self.now = now_ns
         self._sweep(self.now)
+        if self.plain is not None:
+            self.plain.tick(self.now)
 
     def _sweep(self, now: int) -> None:
         """Close idle flows and forget finished connections whose linger time is over."""
@@ -335,15 +356,28 @@ class Engine:
             self.tcp.drop(conn, self.now)
         for flow in self.udp.flows():
             self.udp.drop(flow, self.now)
+        if self.plain is not None:
+            self.plain.finish(self.now)
 
     # -- output --------------------------------------------------------------------------------
 
     def _emit(self, call: Call) -> None:
+        self._name(call)
+        if self.plain is not None and call.protocol == "tls":
+            self.plain.hold_opaque(call)  # it may yet be replaced by its decrypted calls
+            return
+        self.out.append(call)
+
+    def _name(self, call: Call) -> None:
+        """Number the call (its id) and fill in its latency."""
         self._calls = n = self._calls + 1
         call.id = self._prefix + str(n).zfill(9) if self._call_id is None else self._call_id(n)
         if call.request_ts is not None and call.response_ts is not None:  # Call.finish(), inlined
             call.latency_ns = call.response_ts - call.request_ts
-        self.out.append(call)
+
+    def _new_flow_id(self) -> str:
+        self._conn_index += 1
+        return f"{self.source}/f{self._conn_index}"
 
     @property
     def calls(self) -> int:

@@ -232,6 +232,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_session_options(dm, "demo")
     add_capture_options(dm, state_default=str(cache_dir("demo") / "state"))
+
+    dr = sub.add_parser(
+        "doctor",
+        help="check this node can capture (AF_PACKET, eBPF, TLS per process) and what workers report",
+        description=(
+            "Checks, on this node: root/capabilities, AF_PACKET, tcpdump for capture filters, BTF and "
+            "libbpf, whether the eBPF connect tracer and the TLS tracer load, the interfaces the worker "
+            "would capture, and per process whether its TLS can be traced (OpenSSL's libssl: yes; Go "
+            "crypto/tls or BoringSSL linked in: no, said by name). With --hub, each worker's own report. "
+            "Exit 0 when nothing failed, 1 otherwise."
+        ),
+    )
+    dr.add_argument("--hub", default=None, metavar="URL", help="also show what the hub's workers report")
+    dr.add_argument("--token-file", default=None, metavar="FILE", help="file holding the hub's bearer token")
+    dr.add_argument("--hub-only", action="store_true", help="skip the checks of this node")
+    dr.add_argument("--no-processes", action="store_true", help="skip the per-process TLS scan")
     return p
 
 
@@ -263,6 +279,7 @@ COMMANDS: dict[str, str] = {
     "worker": "podshark.worker_cmd",
     "local": "podshark.local_cmd",
     "demo": "podshark.demo_cmd",
+    "doctor": "podshark.doctor_cmd",
 }
 
 

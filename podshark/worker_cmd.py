@@ -107,6 +107,12 @@ def add_capture_options(p: argparse.ArgumentParser, *, state_default: str) -> No
         "--no-identity", action="store_true", help="do not look up the processes behind connections"
     )
     p.add_argument(
+        "--tls",
+        action="store_true",
+        help="also trace TLS plaintext with eBPF uprobes on OpenSSL (libssl.so.3) in every process "
+        "(needs root and a kernel with BTF; says why and goes on without it otherwise)",
+    )
+    p.add_argument(
         "--no-ebpf",
         action="store_true",
         help="process identity from /proc only (short-lived clients such as curl may show no process)",
@@ -136,6 +142,7 @@ def worker_config(
         redact_json_keys=keys + args.redact_json_key,
         identity=not args.no_identity,
         ebpf=not args.no_ebpf,
+        tls=args.tls,
     )
 
 

@@ -12,7 +12,10 @@ What it offers, for any object file (the connection tracer here, the TLS uprobes
   autoloaded program by its SEC name (``raw_tp/…``, ``tp/…``, ``uprobe/…`` with a target, …);
 - `ring_buffer(map_name, callback)` -> `RingBuffer`, drained by a thread of its own every few
   milliseconds (and by `RingBuffer.drain()` on demand), `callback(bytes)` per sample;
-- `Map.lookup(key)` / `Map.lookup_u64(index)` for counters (the lost-event count);
+- `Program.attach_uprobe(path, func, retprobe=…, pid=…)` for programs with a bare ``SEC("uprobe")``,
+  attached per library file by the caller (through the uprobe perf PMU: no tracefs);
+- `Map.lookup(key)` / `Map.lookup_u64(index)` / `Map.lookup_percpu_u64(index)` for counters (the
+  lost-event count); `Map.update(key, value)` for settings; `Map.set_max_entries(n)` before loading;
 - `link(program).read_iter()` runs an iterator program (``iter/…``) and returns its output;
 - `close()` stops the pollers and frees links, ring buffers and the object (also on ``with`` exit).
 
@@ -147,6 +150,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bpf_program__set_autoload": ([vp, ctypes.c_bool], ci),
         "bpf_program__fd": ([vp], ci),
         "bpf_program__attach": ([vp], vp),
+        "bpf_program__attach_uprobe_opts": ([vp, ctypes.c_int, cp, ctypes.c_size_t, vp], vp),
         "bpf_link__destroy": ([vp], ci),
         "bpf_link__fd": ([vp], ci),
         "bpf_iter_create": ([ci], ci),
@@ -155,6 +159,11 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bpf_map__key_size": ([vp], ctypes.c_uint32),
         "bpf_map__value_size": ([vp], ctypes.c_uint32),
         "bpf_map__lookup_elem": ([vp, vp, ctypes.c_size_t, vp, ctypes.c_size_t, ctypes.c_uint64], ci),
+        "bpf_map__update_elem": ([vp, vp, ctypes.c_size_t, vp, ctypes.c_size_t, ctypes.c_uint64], ci),
+        "bpf_map__set_max_entries": ([vp, ctypes.c_uint32], ci),
+        "bpf_map__max_entries": ([vp], ctypes.c_uint32),
+        "bpf_map__type": ([vp], ci),
+        "libbpf_num_possible_cpus": ([], ci),
         "ring_buffer__new": ([ci, _SAMPLE_FN, vp, vp], vp),
         "ring_buffer__consume": ([vp], ci),
         "ring_buffer__epoll_fd": ([vp], ci),
@@ -238,6 +247,10 @@ def _meaning(err: int, stage: str, section: str) -> str:
         return "the verifier rejected the program" if stage == "load" else "access denied by the kernel"
     if err in (ENOTSUPP, errno.EOPNOTSUPP):
         return f"kernel refused program type {kind}: not supported by this kernel"
+    if stage == "uprobe" and err == errno.ENOENT:
+        return "the file is missing or has no such function in its symbol tables"
+    if stage == "uprobe" and err == errno.EINVAL:
+        return "kernel refused the uprobe (not an ELF executable or library, or an offset outside it)"
     if stage == "attach" and err == errno.ENOENT:
         return f'{kind} unavailable: this kernel lacks it, or the target in SEC("{section}")'
     if stage == "attach" and err == errno.EINVAL:
@@ -328,6 +341,18 @@ class Link:
             os.close(fd)
 
 
+class _UprobeOpts(ctypes.Structure):
+    """``struct bpf_uprobe_opts`` of libbpf 1.x (``sz`` says how much of it we know)."""
+
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("ref_ctr_offset", ctypes.c_size_t),
+        ("bpf_cookie", ctypes.c_uint64),
+        ("retprobe", ctypes.c_bool),
+        ("func_name", ctypes.c_char_p),
+    ]
+
+
 class Program:
     """One program of an object (valid until the object is closed)."""
 
@@ -357,6 +382,35 @@ class Program:
                 f"attach {self.name} ({self.section})", ctypes.get_errno(), "attach", self.section, mark
             )
         return Link(self._lib, handle, self.name)
+
+    def attach_uprobe(
+        self, binary_path: str | os.PathLike[str], func_name: str, *, retprobe: bool = False, pid: int = -1
+    ) -> Link:
+        """Attach as a uprobe (or uretprobe) on `func_name` of an ELF file, for process `pid` (-1: all).
+
+        libbpf finds the function in the file's symbol tables and attaches through the ``uprobe``
+        perf PMU (no tracefs needed). A uprobe belongs to the file's inode, so one attachment covers
+        every process that maps that file, in any mount namespace (pass ``/proc/PID/root/...`` to
+        reach a container's copy).
+        """
+        path = os.fsencode(binary_path)
+        opts = _UprobeOpts(sz=ctypes.sizeof(_UprobeOpts), retprobe=retprobe, func_name=func_name.encode())
+        mark = _log.mark()
+        ctypes.set_errno(0)
+        handle = self._lib.bpf_program__attach_uprobe_opts(self.handle, pid, path, 0, ctypes.byref(opts))
+        if not handle:
+            kind = "uretprobe" if retprobe else "uprobe"
+            raise _error(
+                f"attach {self.name} ({kind} {os.fsdecode(path)}:{func_name})",
+                ctypes.get_errno(),
+                "uprobe",
+                kind,
+                mark,
+            )
+        return Link(self._lib, handle, f"{self.name}@{os.fsdecode(path)}:{func_name}")
+
+
+_PERCPU_MAP_TYPES = frozenset({5, 6, 10})  # BPF_MAP_TYPE_PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH
 
 
 class Map:
@@ -397,6 +451,47 @@ class Map:
         value = self.lookup(index.to_bytes(4, "little"))
         return int.from_bytes(value[:8], "little") if value else 0
 
+    @property
+    def max_entries(self) -> int:
+        return int(self._lib.bpf_map__max_entries(self.handle))
+
+    def set_max_entries(self, entries: int) -> None:
+        """Resize the map (for a ring buffer: its size in bytes, a power of two); only before loading."""
+        rc = self._lib.bpf_map__set_max_entries(self.handle, entries)
+        if rc:
+            raise _error(f"set_max_entries({self.name}, {entries})", rc, "open")
+
+    def update(self, key: bytes, value: bytes) -> None:
+        """Store `value` under `key` (both exactly the map's sizes); needs the object loaded."""
+        if len(key) != self.key_size or len(value) != self.value_size:
+            raise BpfError(
+                f"map {self.name}: key/value are {len(key)}/{len(value)} bytes, "
+                f"the map's are {self.key_size}/{self.value_size}"
+            )
+        kbuf = ctypes.create_string_buffer(key, len(key))
+        vbuf = ctypes.create_string_buffer(value, len(value))
+        rc = self._lib.bpf_map__update_elem(self.handle, kbuf, len(key), vbuf, len(value), 0)
+        if rc:
+            raise _error(f"update map {self.name}", rc, "update")
+
+    def lookup_percpu_u64(self, index: int) -> int:
+        """Entry `index` of a per-CPU array of u64 counters, summed over every possible CPU."""
+        if self._lib.bpf_map__type(self.handle) not in _PERCPU_MAP_TYPES:
+            return self.lookup_u64(index)
+        cpus = int(self._lib.libbpf_num_possible_cpus())
+        if cpus <= 0:
+            raise _error("libbpf_num_possible_cpus", cpus, "lookup")
+        stride = (self.value_size + 7) // 8 * 8
+        key = ctypes.create_string_buffer(index.to_bytes(4, "little"), 4)
+        vbuf = ctypes.create_string_buffer(stride * cpus)
+        rc = self._lib.bpf_map__lookup_elem(self.handle, key, 4, vbuf, stride * cpus, 0)
+        if rc == -errno.ENOENT:
+            return 0
+        if rc:
+            raise _error(f"lookup in map {self.name}", rc, "lookup")
+        raw = vbuf.raw
+        return sum(int.from_bytes(raw[i * stride : i * stride + 8], "little") for i in range(cpus))
+
 
 class RingBuffer:
     """A BPF ring buffer whose samples go to `callback(bytes)`: drained by `start()`'s thread every
@@ -429,6 +524,8 @@ class RingBuffer:
         self._lock = threading.Lock()  # libbpf's ring_buffer is not thread-safe: one consumer at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._limit = 0  # samples one drain may deliver (0: no limit); set under _lock
+        self._delivered = 0
 
     def _on_sample(self, _ctx: int | None, data: int | None, size: int) -> int:
         self.samples += 1
@@ -437,14 +534,29 @@ class RingBuffer:
         except Exception as exc:  # never unwind through libbpf's C frames
             self.callback_errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
+        self._delivered += 1
+        if self._limit and self._delivered >= self._limit:
+            return -errno.EAGAIN  # libbpf stops here, this sample consumed; see drain()
         return 0
 
-    def drain(self) -> int:
-        """Deliver every sample waiting now, on the calling thread; returns how many."""
+    def drain(self, limit: int = 0) -> int:
+        """Deliver every sample waiting now (at most `limit` when given), on the calling thread;
+        returns how many.
+
+        Without a limit, a producer as fast as the callback keeps one drain going; a caller with
+        other work to do (a capture loop) passes a limit and leaves the rest for its next call.
+        """
         with self._lock:
             if self._handle is None:
                 return 0
-            rc = int(self._lib.ring_buffer__consume(self._handle))
+            self._limit, self._delivered = max(limit, 0), 0
+            try:
+                rc = int(self._lib.ring_buffer__consume(self._handle))
+            finally:
+                self._limit = 0
+            delivered = self._delivered
+        if rc == -errno.EAGAIN and limit > 0 and delivered >= limit:
+            return delivered
         if rc < 0 and -rc != errno.EINTR:
             raise _error(f"consume ring buffer {self.name}", rc, "ringbuf")
         return max(rc, 0)

@@ -82,9 +82,12 @@ def _wait_listening(net: PodNet, ip: str, port: int) -> None:
 
 
 class WorkerProc:
-    def __init__(self, hub: Hub, interfaces: str, state: Path, log: Path, *extra: str) -> None:
+    def __init__(
+        self, hub: Hub, interfaces: str, state: Path, log: Path, *extra: str, wrap: list[str] | None = None
+    ) -> None:
         self.log = log
         argv = [
+            *(wrap or []),
             PODSHARK,
             "worker",
             "--hub",

@@ -1,0 +1,312 @@
+"""TLS plaintext end to end: `podshark worker --tls` with real TLS clients and servers, a real hub.
+
+Pods on a bridge (network namespaces): nginx (Debian's, with a self-signed certificate) serves HTTPS
+— HTTP/1.1 and HTTP/2 by ALPN — inside the "server" pod, and the clients run in the "client" pod:
+curl (one short-lived process per request, several at once) and Python's ssl module (keep-alive
+connections). The worker captures the pods' interfaces and traces OpenSSL in every process.
+
+Known by construction: each request has its own target and nginx answers ``path=<target>`` (or a
+file whose bytes the test wrote), curl prints its own end of the connection (``%{local_ip}`` /
+``%{local_port}``) and the Python client its socket's addresses. So every request must appear
+exactly once, decrypted (``tls`` true, ``info.tls_source`` "ebpf", the SNI the client sent), with
+the right body and 4-tuple, named by both processes (curl and nginx are both traced), and no
+connection may come out a second time as an opaque ``tls`` call.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.util
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.capture.podnet import PodNet, named, podnet
+from tests.capture.test_worker import PODSHARK, WorkerProc, _wait_calls, _wait_worker, _worker_state
+from tests.dissect.test_tls_handshakes import cert_files
+from tests.hub.test_service import REPO, _env, start_hub
+from tests.realtraffic import netns_unavailable_reason, tools_missing_reason
+
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(300)]
+if importlib.util.find_spec("xdist") is not None:
+    pytestmark.append(pytest.mark.xdist_group("capture-tls"))
+
+PORT = 8443
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+SNI = "api.podshark.test"
+BIG = 384 << 10  # the large response: many TLS records, many SSL_read calls
+
+NGINX_CONF = """\
+worker_processes 1;
+daemon off;
+master_process on;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    default_type text/plain;
+    server {{
+        listen {ip}:{port} ssl http2;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        location = /big.bin {{ root {dir}/www; default_type application/octet-stream; }}
+        location / {{ return 200 "path=$request_uri"; }}
+    }}
+}}
+"""
+
+
+def _tls_unavailable() -> str | None:
+    why = netns_unavailable_reason() or tools_missing_reason("curl", "nginx")
+    if why:
+        return why
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        return "this kernel has no BTF: the TLS tracer cannot load"
+    return None
+
+
+@dataclass
+class Lab:
+    net: PodNet
+    big: bytes
+    workdir: Path
+
+    @property
+    def server_ip(self) -> str:
+        return self.net.pods["server"].ip
+
+    @property
+    def client_ip(self) -> str:
+        return self.net.pods["client"].ip
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    reason = _tls_unavailable()
+    if reason:
+        pytest.skip(reason)
+    workdir = Path(tempfile.mkdtemp(prefix="psk-tls-nginx-"))
+    os.chmod(workdir, 0o755)
+    try:
+        (workdir / "www").mkdir()
+        big = secrets.token_bytes(BIG)
+        (workdir / "www" / "big.bin").write_bytes(big)
+        cert, key = cert_files()
+        with podnet("client", "server") as net:
+            server = net.pods["server"]
+            conf = workdir / "nginx.conf"
+            conf.write_text(NGINX_CONF.format(dir=workdir, ip=server.ip, port=PORT, cert=cert, key=key))
+            net.spawn(
+                server,
+                [
+                    shutil.which("nginx") or "nginx",
+                    "-c",
+                    str(conf),
+                    "-p",
+                    str(workdir),
+                    "-e",
+                    str(workdir / "error.log"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            lab = Lab(net, big, workdir)
+            _wait_https(lab)
+            yield lab
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _wait_https(lab: Lab) -> None:
+    client = lab.net.pods["client"]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        r = lab.net.run(client, _curl(lab, "/ready"), timeout=10)
+        if r.returncode == 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"nginx does not answer HTTPS: {(lab.workdir / 'error.log').read_text()[-2000:]}")
+
+
+def _curl(lab: Lab, target: str, *extra: str) -> list[str]:
+    return [
+        "curl", "-sS", "-k", "--max-time", "20", "--resolve", f"{SNI}:{PORT}:{lab.server_ip}",
+        *extra, f"https://{SNI}:{PORT}{target}",
+    ]  # fmt: skip
+
+
+def _curl_run(lab: Lab, target: str, *extra: str) -> dict[str, Any]:
+    """One curl process; what it printed about its connection and the body's digest."""
+    fmt = "\n%{local_ip} %{local_port} %{http_version}"
+    r = lab.net.run(lab.net.pods["client"], _curl(lab, target, "-w", fmt, *extra), timeout=30)
+    assert r.returncode == 0, r.stderr.decode()
+    body, _, tail = r.stdout.rpartition(b"\n")
+    ip, port, version = tail.decode().split()
+    return {"target": target, "body": body, "local": (ip, int(port)), "version": version}
+
+
+def _decoded(call: dict[str, Any], half: str) -> bytes:
+    msg = call[half]
+    assert msg is not None, call["id"]
+    return base64.b64decode(msg["body"])
+
+
+def _check_decrypted(lab: Lab, call: dict[str, Any], local: tuple[str, int]) -> None:
+    assert call["tls"] is True and call["info"].get("tls_source") == "ebpf", call["id"]
+    assert call["sni"] == SNI, call
+    assert (call["src"]["ip"], call["src"]["port"]) == local
+    assert (call["dst"]["ip"], call["dst"]["port"]) == (lab.server_ip, PORT)
+
+
+def _start(tmp_path: Path, lab: Lab, *extra: str) -> tuple[Any, WorkerProc]:
+    hub = start_hub(tmp_path / "db", tmp_path / "hub.log")
+    worker = WorkerProc(hub, lab.net.glob, tmp_path / "state", tmp_path / "worker.log", "--tls", *extra)
+    _wait_worker(hub, worker, interfaces=3)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the tracer is loaded and nginx's libssl attached
+        tls = (_worker_state(hub) or {}).get("reported", {}).get("tls") or {}
+        if tls.get("enabled") and any("libssl" in p for p in tls.get("libraries", [])):
+            return hub, worker
+        time.sleep(0.3)
+    raise AssertionError(f"TLS tracing did not start: {tls} {worker.log.read_text()[-3000:]}")
+
+
+def test_curl_http1_and_http2_concurrent_and_large_through_nginx(lab: Lab, tmp_path: Path) -> None:
+    hub, worker = _start(tmp_path, lab)
+    try:
+        nonce = secrets.token_hex(4)
+        jobs = [(f"/h1/{i}-{nonce}", ("--http1.1",)) for i in range(6)]
+        jobs += [(f"/h2/{i}-{nonce}", ("--http2",)) for i in range(6)]
+        with ThreadPoolExecutor(6) as pool:  # concurrent connections, each its own curl
+            runs = list(pool.map(lambda j: _curl_run(lab, j[0], *j[1]), jobs))
+        big = _curl_run(lab, f"/big.bin?n={nonce}", "--http1.1")
+        assert big["body"] == lab.big
+        for run in runs:
+            assert run["body"] == f"path={run['target']}".encode()
+        expected = len(runs) + 1
+        calls = _wait_calls(hub, f'target contains "{nonce}"', expected)
+        assert sorted(c["target"] for c in calls) == sorted([r["target"] for r in runs] + [big["target"]])
+        by_target = {c["target"]: c for c in calls}
+        for run in [*runs, big]:
+            c = by_target[run["target"]]
+            _check_decrypted(lab, c, run["local"])
+            assert c["status"] == 200
+            assert c["protocol"] == ("http2" if run["version"] == "2" else "http"), (c["protocol"], run)
+            assert c["src"]["process"] == "curl" and c["dst"]["process"] == "nginx", (c["src"], c["dst"])
+            assert _decoded(c, "response") == run["body"]
+        assert (
+            hashlib.sha256(_decoded(by_target[big["target"]], "response")).digest()
+            == hashlib.sha256(lab.big).digest()
+        )
+        # no connection of these came out a second time, as an opaque TLS call
+        time.sleep(1.5)
+        opaque = _wait_calls(hub, f'protocol == "tls" and src.ip == "{lab.client_ip}"', 0, timeout=0)
+        ports = {r["local"][1] for r in [*runs, big]}
+        assert not [c for c in opaque if c["src"]["port"] in ports], opaque
+        w = _worker_state(hub)
+        assert w is not None and w["drops"].get("tls", 0) == 0, w["drops"]
+        assert worker.stop() == 0, worker.log.read_text()[-3000:]
+    finally:
+        worker.stop()
+        hub.stop()
+
+
+def test_python_ssl_client_keepalive(lab: Lab, tmp_path: Path) -> None:
+    """Python's ssl module gives OpenSSL a socket BIO, not SSL_set_fd: the 4-tuple comes from the
+    socket I/O the SSL calls make. Two keep-alive connections, several requests each."""
+    hub, worker = _start(tmp_path, lab)
+    try:
+        nonce = secrets.token_hex(4)
+        n = 8
+        r = lab.net.run(
+            lab.net.pods["client"],
+            named(
+                "psk-tlsc", "tests.capture.tls_client", SNI, lab.server_ip, str(PORT), str(n), f"/py/{nonce}"
+            ),
+            timeout=60,
+        )
+        assert r.returncode == 0, r.stderr.decode()
+        lines = [json.loads(x) for x in r.stdout.decode().splitlines()]
+        assert len(lines) == n and all(x["status"] == 200 for x in lines)
+        calls = _wait_calls(hub, f'target contains "{nonce}"', n)
+        assert sorted(c["target"] for c in calls) == sorted(x["target"] for x in lines)
+        by_target = {c["target"]: c for c in calls}
+        for x in lines:
+            c = by_target[x["target"]]
+            _check_decrypted(lab, c, (x["local"][0], x["local"][1]))
+            assert c["src"]["process"] == "psk-tlsc" and c["dst"]["process"] == "nginx"
+            assert _decoded(c, "response") == x["body"].encode("latin-1")
+        assert len({c["src"]["port"] for c in calls}) == 2  # two connections, kept apart
+    finally:
+        worker.stop()
+        hub.stop()
+
+
+def test_export_writes_the_decrypted_conversation(lab: Lab, tmp_path: Path) -> None:
+    """`podshark export` of decrypted calls: synthetic TCP frames carrying the plaintext, which
+    tshark decodes as HTTP (with Decode As for the TLS port) — the request URIs the test made."""
+    hub, worker = _start(tmp_path, lab)
+    try:
+        nonce = secrets.token_hex(4)
+        runs = [_curl_run(lab, f"/x/{i}-{nonce}", "--http1.1") for i in range(3)]
+        _wait_calls(hub, f'target contains "{nonce}"', len(runs))
+        out = tmp_path / "tls.pcapng"
+        r = subprocess.run(
+            [PODSHARK, "export", "--hub", hub.url, "--filter", f'target contains "{nonce}"', "-o", str(out)],
+            env=_env(), capture_output=True, timeout=120, cwd=REPO,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr.decode()
+        tshark = subprocess.run(
+            ["tshark", "-r", str(out), "-d", f"tcp.port=={PORT},http", "-Y", "http.request",
+             "-T", "fields", "-e", "http.request.uri", "-e", "tcp.srcport"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert tshark.returncode == 0, tshark.stderr
+        rows = sorted(tuple(line.split("\t")) for line in tshark.stdout.splitlines() if line)
+        assert rows == sorted((r["target"], str(r["local"][1])) for r in runs)
+    finally:
+        worker.stop()
+        hub.stop()
+
+
+def test_without_bpf_rights_the_worker_says_why_and_captures_on(lab: Lab, tmp_path: Path) -> None:
+    """The worker run without CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN (dropped from its bounding set:
+    it keeps CAP_NET_RAW for the capture): TLS tracing cannot load, the worker says why in one line,
+    and the encrypted connections are still captured, as opaque TLS calls with their SNI."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    hub = start_hub(tmp_path / "db", tmp_path / "hub.log")
+    worker = WorkerProc(
+        hub, lab.net.glob, tmp_path / "state", tmp_path / "worker.log", "--tls",
+        wrap=["setpriv", "--bounding-set", "-bpf,-perfmon,-sys_admin", "--"],
+    )  # fmt: skip
+    try:
+        _wait_worker(hub, worker, interfaces=3)
+        run = _curl_run(lab, f"/plain/{secrets.token_hex(4)}", "--http1.1")
+        calls = _wait_calls(hub, f'protocol == "tls" and src.port == {run["local"][1]}', 1)
+        assert len(calls) == 1 and calls[0]["sni"] == SNI and "encrypted" in calls[0]["flags"]
+        tls = (_worker_state(hub) or {})["reported"]["tls"]
+        assert tls["enabled"] is False
+        assert tls["reason"].startswith("TLS plaintext not traced: ") and "\n" not in tls["reason"]
+        assert "TLS plaintext not traced" in worker.log.read_text()
+    finally:
+        worker.stop()
+        hub.stop()
