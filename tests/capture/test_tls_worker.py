@@ -23,6 +23,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -34,10 +35,13 @@ from typing import Any
 import pytest
 
 from tests.capture.podnet import PodNet, named, podnet
+from tests.capture.test_tlslibs import contains, go_binaries, running, silent_port, wait_connected
 from tests.capture.test_worker import PODSHARK, WorkerProc, _wait_calls, _wait_worker, _worker_state
 from tests.dissect.test_tls_handshakes import cert_files
 from tests.hub.test_service import REPO, _env, start_hub
 from tests.realtraffic import netns_unavailable_reason, tools_missing_reason
+
+__all__ = ["silent_port"]  # a fixture of test_tlslibs, used here
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(300)]
 if importlib.util.find_spec("xdist") is not None:
@@ -307,6 +311,112 @@ def test_without_bpf_rights_the_worker_says_why_and_captures_on(lab: Lab, tmp_pa
         assert tls["enabled"] is False
         assert tls["reason"].startswith("TLS plaintext not traced: ") and "\n" not in tls["reason"]
         assert "TLS plaintext not traced" in worker.log.read_text()
+    finally:
+        worker.stop()
+        hub.stop()
+
+
+# what runs in the "container": import ssl (maps its libssl), say ok, wait for "go", then curl each
+# target given on the command line and print what curl printed about its connection
+CONTAINED = """
+import ssl, subprocess, sys
+print("ok", flush=True)
+sys.stdin.readline()
+for target in sys.argv[2:]:
+    r = subprocess.run(sys.argv[1].split("\\x1f") + [target], capture_output=True)
+    print(r.returncode, r.stdout.decode(errors="replace").replace("\\n", " "), flush=True)
+"""
+
+
+def test_a_container_with_its_own_libssl_started_after_the_worker(lab: Lab, tmp_path: Path) -> None:
+    """A "container": the client pod's network namespace plus a private mount namespace where its own
+    copy of libssl.so.3 (a different file) sits at the system path. It starts after the worker; the
+    re-scan finds the copy through /proc/PID/root and attaches it, and its curls are decrypted."""
+    system = Path("/usr/lib/x86_64-linux-gnu/libssl.so.3").resolve()
+    if not system.exists() or shutil.which("unshare") is None:
+        pytest.skip("needs /usr/lib/x86_64-linux-gnu/libssl.so.3 and unshare (util-linux)")
+    hub, worker = _start(tmp_path, lab)
+    private = tmp_path / "image"
+    private.mkdir()
+    nonce = secrets.token_hex(4)
+    targets = [f"https://{SNI}:{PORT}/ct/{i}-{nonce}" for i in range(3)]
+    resolve = f"{SNI}:{PORT}:{lab.server_ip}"
+    curl = "\x1f".join(["curl", "-sS", "-k", "--http1.1", "--resolve", resolve, "-w", "\n%{local_port}"])
+    script = (
+        'mount -t tmpfs psk-img "$1" && cp "$2" "$1/" && mount --bind "$1/$3" "$2" && shift 3 && exec "$@"'
+    )
+    argv = lab.net.pods["client"].exec_args(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh",
+         str(private), str(system), system.name, sys.executable, "-c", CONTAINED, curl, *targets]
+    )  # fmt: skip
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().strip() == b"ok", proc.stderr.read() if proc.stderr else b""
+        deadline = time.monotonic() + 30
+        mine = f"/proc/{proc.pid}/root/"
+        libs: list[str] = []
+        while not libs and time.monotonic() < deadline:  # the re-scan attaches the container's copy
+            time.sleep(0.5)
+            tls = (_worker_state(hub) or {}).get("reported", {}).get("tls") or {}
+            libs = [p for p in tls.get("libraries", []) if p.startswith(mine)]
+        assert libs, f"the container's libssl was not attached: {tls.get('libraries')}"
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        seen = {}  # curl's local port -> the body it got
+        for _ in targets:
+            rc, _, out = proc.stdout.readline().decode().strip().partition(" ")
+            assert rc == "0", out
+            body, _, port = out.rpartition(" ")
+            seen[int(port)] = body.encode()
+        calls = _wait_calls(hub, f'target contains "{nonce}"', len(targets))
+        assert len(calls) == len(targets)
+        for c in calls:
+            assert c["tls"] is True and c["info"].get("tls_source") == "ebpf" and c["sni"] == SNI
+            assert c["src"]["process"] == "curl" and c["dst"]["process"] == "nginx"
+            assert c["src"]["port"] in seen and _decoded(c, "response") == seen[c["src"]["port"]]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        worker.stop()
+        hub.stop()
+
+
+def test_hub_stats_and_doctor_list_which_processes_are_traced(
+    lab: Lab, tmp_path: Path, silent_port: int
+) -> None:
+    """nginx (OpenSSL) is reported traced; a Go client (crypto/tls linked in) is reported not covered,
+    by the worker's stats at the hub and by `podshark doctor --hub`."""
+    argv_for = {
+        "docker": lambda port: ["-H", f"tcp://127.0.0.1:{port}", "version"],
+        "kubectl": lambda port: ["--server", f"http://127.0.0.1:{port}", "get", "pods"],
+    }
+    go = [p for p in go_binaries() if os.path.basename(p) in argv_for and contains(p, "crypto/tls.")]
+    if not go:
+        pytest.skip("no Go client (docker, kubectl) with crypto/tls on this machine")
+    hub, worker = _start(tmp_path, lab)
+    try:
+        with running([go[0], *argv_for[os.path.basename(go[0])](silent_port)], ready=0) as client:
+            wait_connected(silent_port, client.pid)
+            deadline = time.monotonic() + 30
+            procs: dict[int, dict[str, Any]] = {}
+            while client.pid not in procs and time.monotonic() < deadline:  # the next scan
+                time.sleep(0.5)
+                tls = (_worker_state(hub) or {}).get("reported", {}).get("tls") or {}
+                procs = {p["pid"]: p for p in tls.get("processes", [])}
+            assert procs.get(client.pid, {}).get("verdict") == "static-go", procs.get(client.pid)
+            assert procs[client.pid]["traced"] is False
+            nginx = [p for p in procs.values() if p["comm"] == "nginx"]
+            assert nginx and all(p["traced"] and p["verdict"] == "traced" for p in nginx), nginx
+            r = subprocess.run(
+                [PODSHARK, "doctor", "--hub", hub.url, "--hub-only"],
+                env=_env(), capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert r.returncode == 0, r.stdout + r.stderr
+            line = next(ln for ln in r.stdout.splitlines() if f"pid {client.pid} " in ln)
+            assert line.startswith("warn") and "static-go" in line, r.stdout
+            assert "traced in" in r.stdout and "worker test-node" in r.stdout
     finally:
         worker.stop()
         hub.stop()
