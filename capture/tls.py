@@ -224,3 +224,61 @@ class TlsCapture:
             out["processes_total"] = len(procs)
             out["scanned_at"] = time.time_ns()
         return out
+
+
+class OpaqueFilter:
+    """Across fan-out processes: drop the opaque ``tls`` call of a connection whose plaintext another
+    process decrypted.
+
+    With ``--procs N`` the tracer feeds one process, while PACKET_FANOUT hashes each encrypted
+    connection to any of them; the engine-level replacement (`dissect.plaintext`) then only sees the
+    connections that landed in the tracer's process. The worker's main process sees every call, so it
+    finishes the job: ``tls`` calls wait `HOLD_S` here and are dropped if a decrypted call of the same
+    address pair went by (before or meanwhile). Thread-safe: calls come from the fan-out reader thread,
+    `release` also from the event loop.
+    """
+
+    HOLD_S = 1.5
+    MAX_PAIRS = 65_536
+    MAX_HELD = 100_000
+
+    def __init__(self, submit: Any) -> None:
+        self.submit = submit  # (call) -> None, for calls that go on
+        self.decrypted: OrderedDict[tuple[Any, Any], None] = OrderedDict()
+        self.held: list[tuple[float, Any, tuple[Any, Any]]] = []
+        self.replaced = 0
+        self._lock = threading.Lock()
+
+    def offer(self, call: Any) -> bool:
+        """True when the filter took the call (held); False: pass it on now."""
+        s, d = call.src, call.dst
+        a, b = (s.ip or "", s.port or 0), (d.ip or "", d.port or 0)
+        pair = (a, b) if a <= b else (b, a)
+        with self._lock:
+            if call.info.get("tls_source"):
+                self.decrypted[pair] = None
+                self.decrypted.move_to_end(pair)
+                if len(self.decrypted) > self.MAX_PAIRS:
+                    self.decrypted.popitem(last=False)
+                return False
+            if call.protocol != "tls" or len(self.held) >= self.MAX_HELD:
+                return False
+            self.held.append((time.monotonic() + self.HOLD_S, call, pair))
+            return True
+
+    def release(self, now: float | None = None) -> None:
+        """Pass on (or drop) the held calls that are due."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            due = [h for h in self.held if h[0] <= now]
+            if not due:
+                return
+            self.held = [h for h in self.held if h[0] > now]
+            go = []
+            for _t, call, pair in due:
+                if pair in self.decrypted:
+                    self.replaced += 1
+                else:
+                    go.append(call)
+        for call in go:
+            self.submit(call)

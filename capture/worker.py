@@ -95,6 +95,7 @@ class Worker:
         self.redacted = 0
         self.started_ns = 0
         self._hub_addrs: set[tuple[str, int]] = set()
+        self._opaque: Any = None  # capture.tls.OpaqueFilter: --tls with --procs > 1
 
     # -- setup -----------------------------------------------------------------------------------
 
@@ -148,6 +149,9 @@ class Worker:
         node = self.config.node
         submit = self.uplink.submit
         own = self._hub_addrs
+        opaque = self._opaque
+        if opaque is not None:
+            opaque.release()
         for call in calls:
             if own and ((call.dst.ip, call.dst.port) in own or (call.src.ip, call.src.port) in own):
                 continue
@@ -180,6 +184,8 @@ class Worker:
                         )
             if self.redactor.call(call):
                 self.redacted += 1
+            if opaque is not None and opaque.offer(call):
+                continue  # an opaque TLS call another capture process may have decrypted
             submit(call.to_json_bytes())
         self.calls += len(calls)
 
@@ -209,6 +215,8 @@ class Worker:
         tls = cap.get("tls")
         if tls is not None:
             out["tls"] = tls
+            if self._opaque is not None:
+                tls.setdefault("plaintext", {})["replaced_across_procs"] = self._opaque.replaced
             counters = tls.get("counters") or {}
             out["drops"]["tls"] = int(counters.get("drops", 0) or 0)  # ring-buffer records lost
         elif self.config.tls:
@@ -264,6 +272,11 @@ class Worker:
             export=self._export,
             ssl=self.config.ssl,
         )
+        if self.config.tls and self.config.procs > 1:
+            from capture.tls import OpaqueFilter
+
+            uplink = self.uplink
+            self._opaque = OpaqueFilter(lambda call: uplink.submit(call.to_json_bytes()))
         self.backend = self._backend()
         self.backend.start(self._on_calls)
         uplink_task = asyncio.create_task(self.uplink.run(), name="podshark-uplink")
@@ -277,6 +290,8 @@ class Worker:
         finally:
             self._ready.set()
             await asyncio.to_thread(self.backend.stop)  # flushes the last calls into the uplink
+            if self._opaque is not None:
+                self._opaque.release(float("inf"))
             await self.uplink.close(flush_timeout=5.0)
             uplink_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -304,6 +319,8 @@ class Worker:
                 await asyncio.wait_for(self._stop.wait(), self.config.rescan_interval)
             if self._stop.is_set():
                 break
+            if self._opaque is not None:
+                self._opaque.release()
             _added, removed = watch.changes()
             for name in removed:
                 if name in self.capturing:
