@@ -13,8 +13,9 @@ How it is built and loaded (no BCC: it needs kernel headers, which nodes do not 
   ``/sys/kernel/btf/vmlinux``, so one object runs on every x86-64 kernel with BTF.
 - `capture.ebpf.libbpf` drives the system's ``libbpf.so.1`` through ctypes: open, load, attach by
   SEC name, ring buffers polled by a thread, map lookups, and one-line reasons for every failure.
-- Only raw tracepoints (and, later, uprobes) are used: kprobes and fentry/fexit are refused by
-  the kernels we target, and raw tracepoints do not need tracefs mounted.
+- Only raw tracepoints and uprobes are used: kprobes and fentry/fexit are refused by the kernels
+  we target; raw tracepoints do not need tracefs mounted, and libbpf attaches uprobes through the
+  uprobe PMU (perf_event_open), which does not either.
 
 Modules:
 
@@ -24,6 +25,9 @@ Modules:
   `ConnEvent` (which process connected, listened or sent UDP, from which socket), and
   `ConnTracer.sockets()`, every TCP/UDP socket of every process in one iterator pass (what
   `capture.procs` scans instead of /proc when eBPF is available).
+- `capture.ebpf.tlstrace` — ``tlstrace.bpf.c``'s user-space half: `TlsTracer` attaches uprobes
+  on OpenSSL (per libssl file) and `drain()` returns the plaintext of SSL_read/SSL_write calls
+  (`TlsData`, with the process, SSL object, direction, role and 4-tuple) and `TlsClose` events.
 
 Measured on the development VM (kernel 6.18, 2 vCPUs): open+load+attach of conntrace ~25-35 ms;
 ~0.5 us per TCP state change and ~80 ns per sendmsg in the hooks; ~0.3 us per open file in the
