@@ -132,13 +132,16 @@ class TlsCapture:
         tracer = self.tracer
         if tracer is None:
             return
-        from capture.ebpf.tlstrace import TlsClose
+        from capture.ebpf.tlstrace import TlsClose, TlsSni
 
         plain = self.plain
         positions = self._next
         for ev in tracer.drain():
             if ev.pid == self.own_pid:
                 self.own_events += 1
+                continue
+            if isinstance(ev, TlsSni):
+                plain.server_name(ev.pid, ev.ssl, ev.name)
                 continue
             if isinstance(ev, TlsClose):
                 for d in (0, 1):

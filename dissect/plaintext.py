@@ -87,6 +87,7 @@ class PlainConn:
     synth: SyntheticTcp | None = None
     others: list[Side] = field(default_factory=list)
     closed: bool = False
+    sni: str | None = None  # what the client set (the tracer saw SSL_set_tlsext_host_name)
 
 
 @dataclass(slots=True)
@@ -131,6 +132,7 @@ class Plaintext:
         self.held: list[tuple[int, Call, PairKey | None]] = []  # (release at, call, address pair)
         self.decrypted: OrderedDict[PairKey, int] = OrderedDict()  # pair -> last seen ts
         self.sni: OrderedDict[PairKey, str] = OrderedDict()  # from tls calls that went by
+        self.sni_by_ssl: OrderedDict[tuple[int, int], str] = OrderedDict()  # set before any byte
         self.stats = PlaintextStats()
 
     # -- input ---------------------------------------------------------------------------------
@@ -179,6 +181,17 @@ class Plaintext:
             conn.sink.gap(d, cut, ts)
             if conn.synth is not None and self.on_frame is not None:
                 self._frames(conn, conn.synth.gap(d, cut, ts))
+
+    def server_name(self, pid: int, ssl: int, name: str) -> None:
+        """A traced client set the SNI of this SSL object (before its handshake, usually)."""
+        conn = self.by_ssl.get((pid, ssl))
+        if conn is not None:
+            conn.sni = name
+            return
+        self.sni_by_ssl[(pid, ssl)] = name
+        self.sni_by_ssl.move_to_end((pid, ssl))
+        if len(self.sni_by_ssl) > RECENT_MAX:
+            self.sni_by_ssl.popitem(last=False)
 
     def free(self, ts: int, pid: int, ssl: int) -> None:
         """The SSL object went away (SSL_free): its connection's last calls come out."""
@@ -234,11 +247,14 @@ class Plaintext:
         side = Side(pid, comm, ssl, local)
         pair = pair_key(local, remote) if local is not None and remote is not None else None
         key: object = pair if pair is not None else (pid, ssl)
+        sni = self.sni_by_ssl.pop((pid, ssl), None)
         conn = self.conns.get(key)
         if conn is not None and not conn.closed:
             conn.others.append(side)
             self.by_ssl[(pid, ssl)] = conn
             self._name_sides(conn)
+            if sni is not None:
+                conn.sni = sni
             return None
         is_client = role == CLIENT or (role == UNKNOWN and direction == WRITE)
         if local is not None and remote is not None:
@@ -249,13 +265,14 @@ class Plaintext:
         ctx = ConnContext(
             flow_id=self.new_flow_id(),
             endpoints=eps,
-            emit=self._emit_plain,
+            emit=self._emit_plain,  # replaced below, once the connection exists
             handshake_seen=True,  # the tracer sees every byte from the first SSL call on
             limits=self.limits,
             budget=self.budget,
         )
         port_hint = eps[1].port
-        conn = PlainConn(key, pair, ctx, None, side, is_client, ts)  # type: ignore[arg-type]
+        conn = PlainConn(key, pair, ctx, None, side, is_client, ts, sni=sni)  # type: ignore[arg-type]
+        ctx.emit = lambda call: self._emit_plain(call, conn)
 
         def decided(dissector: Dissector) -> None:
             conn.sink = dissector
@@ -321,10 +338,12 @@ class Plaintext:
         for ts, linktype, frame in frames:
             hook(ts, linktype, frame, len(frame), flow)
 
-    def _emit_plain(self, call: Call) -> None:
+    def _emit_plain(self, call: Call, conn: PlainConn | None = None) -> None:
         """A decrypted connection's dissector finished a call: mark it and hold it."""
         self.name(call)
         call.tls = True
+        if conn is not None and conn.sni is not None:
+            call.sni = conn.sni
         call.info["tls_source"] = "ebpf"
         self.stats.calls += 1
         self.held.append((self.clock() + HOLD_NS, call, _call_pair(call)))

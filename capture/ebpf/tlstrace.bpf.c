@@ -65,6 +65,9 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 #define KIND_DATA 1
 #define KIND_CLOSE 2
+#define KIND_SNI 3 /* the server name a client set (SSL_set_tlsext_host_name); data: the name */
+#define SSL_CTRL_SET_TLSEXT_HOSTNAME 55
+#define MAX_SNI 256
 
 #define DIR_WRITE 0 /* this process wrote (SSL_write) */
 #define DIR_READ 1  /* this process read (SSL_read) */
@@ -531,6 +534,42 @@ int tls_free(struct pt_regs *ctx)
 	}
 	count(COUNTER_CLOSES);
 	bpf_map_delete_elem(&conns, &key);
+	return 0;
+}
+
+/*
+ * long SSL_ctrl(SSL *s, int cmd, long larg, void *parg). SSL_set_tlsext_host_name() is a macro for
+ * SSL_ctrl(s, SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name (0), name): the SNI a client
+ * is about to send, known before its first byte, whether or not the ClientHello is captured.
+ */
+SEC("uprobe")
+int tls_ctrl(struct pt_regs *ctx)
+{
+	if ((int)PT_REGS_PARM2(ctx) != SSL_CTRL_SET_TLSEXT_HOSTNAME || PT_REGS_PARM3(ctx) != 0)
+		return 0;
+	__u64 name = PT_REGS_PARM4(ctx);
+	if (!name)
+		return 0;
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 zero = 0;
+	struct tls_chunk *ch = bpf_map_lookup_elem(&scratch, &zero);
+	if (!ch)
+		return 0;
+	fill_header(&ch->hdr, id, PT_REGS_PARM1(ctx), 0);
+	ch->hdr.kind = KIND_SNI;
+	long n = bpf_probe_read_user_str(ch->data, MAX_SNI, (void *)name);
+	if (n <= 1) { /* unreadable, or an empty name */
+		if (n < 0)
+			count(COUNTER_READ_ERRORS);
+		return 0;
+	}
+	__u32 len = (__u32)(n - 1) & (MAX_SNI - 1); /* without the NUL; in [1, MAX_SNI) for the verifier */
+	ch->hdr.data_len = len;
+	ch->hdr.length = len;
+	if (bpf_ringbuf_output(&events, ch, sizeof(ch->hdr) + len, wakeup_flags()))
+		count(COUNTER_DROPS);
+	else
+		count(COUNTER_EVENTS);
 	return 0;
 }
 

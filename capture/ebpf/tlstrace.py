@@ -64,7 +64,7 @@ OBJECT_PATH = Path(__file__).with_name("tlstrace.bpf.o")
 
 #: struct tls_event in tlstrace.bpf.c (120 bytes), followed by data_len bytes of plaintext
 HEADER = struct.Struct("<QQQQQIIIIIHHHBBB3x16s16s16s")
-KIND_DATA, KIND_CLOSE = 1, 2
+KIND_DATA, KIND_CLOSE, KIND_SNI = 1, 2, 3
 DIRECTION_WRITE, DIRECTION_READ = 0, 1  # the traced process wrote / read the bytes
 ROLE_UNKNOWN, ROLE_CLIENT, ROLE_SERVER = 0, 1, 2
 AF_INET, AF_INET6 = 2, 10
@@ -91,6 +91,7 @@ PROBES: tuple[tuple[str, str, str | None, bool], ...] = (
     ("SSL_connect", "tls_connect_state", None, False),
     ("SSL_set_accept_state", "tls_accept_state", None, False),
     ("SSL_accept", "tls_accept_state", None, False),
+    ("SSL_ctrl", "tls_ctrl", None, False),  # SSL_set_tlsext_host_name: the client's SNI
 )
 
 #: programs that learn an SSL call's socket while it runs: preferred first (see tlstrace.bpf.c)
@@ -149,7 +150,20 @@ class TlsClose:
     read: int  # plaintext bytes it read
 
 
-TlsEvent = TlsData | TlsClose
+@dataclass(frozen=True, slots=True)
+class TlsSni:
+    """A client named the server it is about to greet (SSL_set_tlsext_host_name on this SSL*): the
+    SNI its ClientHello will carry, known to the tracer even when the packet is not captured."""
+
+    ts: int  # wall-clock ns
+    pid: int
+    ssl: int
+    tid: int
+    comm: str
+    name: str
+
+
+TlsEvent = TlsData | TlsClose | TlsSni
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +247,12 @@ class _Decoder:
         wall = ts + self._offset_ns
         if kind == KIND_CLOSE and data_len == 0 and len(sample) == HEADER.size:
             return TlsClose(wall, tgid, ssl, tid, self._name(comm), seq, length)
+        if kind == KIND_SNI:
+            if not 0 < data_len == len(sample) - HEADER.size:
+                self.malformed += 1
+                return None
+            name = sample[HEADER.size :].decode("ascii", "replace")
+            return TlsSni(wall, tgid, ssl, tid, self._name(comm), name)
         if (
             kind != KIND_DATA
             or data_len != len(sample) - HEADER.size

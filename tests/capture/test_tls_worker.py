@@ -173,9 +173,9 @@ def _decoded(call: dict[str, Any], half: str) -> bytes:
     return base64.b64decode(msg["body"])
 
 
-def _check_decrypted(lab: Lab, call: dict[str, Any], local: tuple[str, int], sni: bool = True) -> None:
+def _check_decrypted(lab: Lab, call: dict[str, Any], local: tuple[str, int]) -> None:
     assert call["tls"] is True and call["info"].get("tls_source") == "ebpf", call["id"]
-    assert call["sni"] == SNI if sni else call["sni"] in (SNI, None), call
+    assert call["sni"] == SNI, call
     assert (call["src"]["ip"], call["src"]["port"]) == local
     assert (call["dst"]["ip"], call["dst"]["port"]) == (lab.server_ip, PORT)
 
@@ -198,9 +198,8 @@ def test_curl_http1_and_http2_concurrent_and_large_through_nginx(
     lab: Lab, tmp_path: Path, procs: int
 ) -> None:
     """With --procs 2 the encrypted connections are hashed over two capture processes while the
-    tracer feeds the first: the opaque calls must still be replaced (by the worker's main process).
-    The SNI comes from the ClientHello the capture saw, so there it is known only for connections
-    that landed in the tracer's process."""
+    tracer feeds the first: the opaque calls must still be replaced (by the worker's main process),
+    and the SNI is still known (the tracer sees the client set it)."""
     hub, worker = _start(tmp_path, lab, "--procs", str(procs))
     try:
         nonce = secrets.token_hex(4)
@@ -218,7 +217,7 @@ def test_curl_http1_and_http2_concurrent_and_large_through_nginx(
         by_target = {c["target"]: c for c in calls}
         for run in [*runs, big]:
             c = by_target[run["target"]]
-            _check_decrypted(lab, c, run["local"], sni=procs == 1)
+            _check_decrypted(lab, c, run["local"])
             assert c["status"] == 200
             assert c["protocol"] == ("http2" if run["version"] == "2" else "http"), (c["protocol"], run)
             assert c["src"]["process"] == "curl" and c["dst"]["process"] == "nginx", (c["src"], c["dst"])
@@ -278,7 +277,7 @@ def test_export_writes_the_decrypted_conversation(lab: Lab, tmp_path: Path) -> N
     try:
         nonce = secrets.token_hex(4)
         runs = [_curl_run(lab, f"/x/{i}-{nonce}", "--http1.1") for i in range(3)]
-        _wait_calls(hub, f'target contains "{nonce}"', len(runs))
+        assert len(_wait_calls(hub, f'target contains "{nonce}"', len(runs))) == len(runs)
         out = tmp_path / "tls.pcapng"
         r = subprocess.run(
             [PODSHARK, "export", "--hub", hub.url, "--filter", f'target contains "{nonce}"', "-o", str(out)],

@@ -45,11 +45,13 @@ from capture.ebpf.tlstrace import (
     HEADER,
     KIND_CLOSE,
     KIND_DATA,
+    KIND_SNI,
     ROLE_CLIENT,
     ROLE_SERVER,
     TlsClose,
     TlsData,
     TlsEvent,
+    TlsSni,
     TlsTracer,
     decode_event,
 )
@@ -376,6 +378,7 @@ class Stream:
     cut: dict[int, int] = field(default_factory=lambda: {DIRECTION_WRITE: 0, DIRECTION_READ: 0})
     chunks: list[TlsData] = field(default_factory=list)
     close: TlsClose | None = None
+    sni: str | None = None
 
     @property
     def written(self) -> bytes:
@@ -402,6 +405,9 @@ def streams(events: Iterable[TlsEvent], pids: set[int]) -> list[Stream]:
         if isinstance(event, TlsClose):
             s.close = event
             done.append(open_.pop(key))
+            continue
+        if isinstance(event, TlsSni):
+            s.sni = event.name
             continue
         s.comms.add(event.comm)
         s.roles.add(event.role)
@@ -881,7 +887,7 @@ def test_attach_is_per_file(tracer_ok: None, certs: tuple[Path, Path], tmp_path:
 @given(st.binary(max_size=3 * HEADER.size))
 def test_decode_never_raises(sample: bytes) -> None:
     event = decode_event(sample)
-    assert event is None or isinstance(event, (TlsData, TlsClose))
+    assert event is None or isinstance(event, (TlsData, TlsClose, TlsSni))
 
 
 def _record(
@@ -898,6 +904,33 @@ def _record(
         b"nginx\0".ljust(16, b"\0"),
     )
     return header + data
+
+
+def test_decode_sni() -> None:
+    sni = decode_event(_record(KIND_SNI, b"api.podshark.test", {"family": 0}))
+    assert isinstance(sni, TlsSni) and (sni.pid, sni.ssl, sni.name) == (42, 0x55AA, "api.podshark.test")
+    assert decode_event(_record(KIND_SNI, b"", {"data_len": 0})) is None  # an empty name is malformed
+
+
+def test_curl_sets_the_sni_before_its_first_byte(tracer_ok: None, certs: tuple[Path, Path]) -> None:
+    """curl names the server with SSL_set_tlsext_host_name (SSL_ctrl): the tracer reports the name on
+    the same SSL* as the connection's plaintext, before it."""
+    if CURL is None:
+        pytest.skip("curl is not installed")
+    with tracer() as t, tls_server(certs) as server:
+        name = "sni-check.podshark.test"
+        curl = subprocess.run(
+            [CURL, "-sk", "--http1.1", "-o", "/dev/null", "--resolve", f"{name}:{server.port}:127.0.0.1",
+             f"https://{name}:{server.port}/sni"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert curl.returncode == 0, curl.stderr
+        events = t.drain()
+    mine = [e for e in events if e.comm == "curl"]
+    snis = [e for e in mine if isinstance(e, TlsSni)]
+    assert [e.name for e in snis] == [name]
+    first_data = next(i for i, e in enumerate(mine) if isinstance(e, TlsData))
+    assert mine.index(snis[0]) < first_data and mine[first_data].ssl == snis[0].ssl
 
 
 def test_decode_fields() -> None:

@@ -167,3 +167,16 @@ def test_bytes_the_tracer_could_not_copy_are_a_gap() -> None:
     assert "truncated" in calls[0].flags and "gap" in calls[0].flags
     assert calls[1].response is not None and calls[1].response.body == b"hello world"
     assert not calls[1].flags
+
+
+def test_the_sni_a_traced_client_set_names_its_calls_without_the_packets() -> None:
+    """No ClientHello captured (the packets went elsewhere), but the tracer saw the client set the
+    server name on its SSL object before the first byte."""
+    engine = Engine("n/r")
+    plain = engine.enable_plaintext()
+    plain.server_name(CURL.pid, CURL.ssl, "shop.podshark.test")
+    plain.server_name(999, 0x1, "someone-else.test")  # another process's SSL object: not ours
+    chunk(engine, CURL, WRITE, REQUEST, S)
+    chunk(engine, CURL, READ, RESPONSE, S + 1)
+    (c,) = drain(engine)
+    assert c.sni == "shop.podshark.test" and c.tls is True
