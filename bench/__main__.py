@@ -21,6 +21,7 @@ from bench import (
     http2_dissect,
     hub_ingest,
     hub_query,
+    tls_trace,
     worker_capture,
     worker_stages,
 )
@@ -40,6 +41,7 @@ BENCHES: dict[str, tuple[Bench, str]] = {
     hub_query.NAME: (hub_query.run, hub_query.TITLE),
     worker_capture.NAME: (worker_capture.run, worker_capture.TITLE),
     worker_stages.NAME: (worker_stages.run, worker_stages.TITLE),
+    tls_trace.NAME: (tls_trace.run, tls_trace.TITLE),
 }
 
 HEADER = """\
@@ -101,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             failed += 1
             continue
         if not args.no_write:
+            doc = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else HEADER  # edited meanwhile?
             BENCHMARKS_MD.write_text(put_section(doc, name, body))
             print(f"bench {name}: updated {BENCHMARKS_MD.relative_to(REPO)}")
     return 1 if failed else 0

@@ -468,18 +468,22 @@ class Ring:
         return f"Ring({self.name!r}, ifindex={self.ifindex}, {state})"
 
 
-def wait(rings: Iterable[Ring], timeout: float | None) -> list[Ring]:
+def wait(rings: Iterable[Ring], timeout: float | None, also: Iterable[int] = ()) -> list[Ring]:
     """The rings with frames ready, waiting up to `timeout` seconds (None: until one is); returns at
     once when a ring already has a block ready. A ring whose interface went away is returned once,
-    with its `error` set: read what is left with `packets()`, then close it."""
+    with its `error` set: read what is left with `packets()`, then close it. File descriptors in
+    `also` (the TLS tracer's ring buffer) end the wait too when readable; they are not returned."""
     live = [r for r in rings if r._sock is not None]
     ready = [r for r in live if r.ready()]
-    if ready or not live:
+    extra = list(also)
+    if ready or not (live or extra):
         return ready
     poller = select.poll()
     by_fd = {r.fileno(): r for r in live}
     for fd in by_fd:
         poller.register(fd, select.POLLIN | select.POLLERR)
+    for fd in extra:
+        poller.register(fd, select.POLLIN)
     ms = None if timeout is None else max(0, int(timeout * 1000))
     try:
         events = poller.poll(ms)
@@ -487,7 +491,9 @@ def wait(rings: Iterable[Ring], timeout: float | None) -> list[Ring]:
         events = []
     out = []
     for fd, ev in events:
-        ring = by_fd[fd]
+        ring = by_fd.get(fd)
+        if ring is None:
+            continue  # one of `also`: the caller looks at it
         ended = bool(ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL)) and ring._note_error()
         if ended or ring.ready():
             out.append(ring)

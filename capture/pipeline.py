@@ -164,10 +164,11 @@ class Pipeline:
         """Wait up to ``timeout`` s for packets, dissect what is ready; the calls finished meanwhile."""
         engine = self.engine
         out = engine.out
-        if self.rings:
+        also = self.tls.wakeup_fds() if self.tls is not None else ()
+        if self.rings or also:
             duplicate = self.dedupe.duplicate
             packet = engine.packet
-            for ring in wait(list(self.rings.values()), timeout):
+            for ring in wait(list(self.rings.values()), timeout, also):
                 # a bounded share per ring and step: under load the calls, the idle sweep and the
                 # stats still come out every few milliseconds instead of after a whole ring's backlog
                 for ts, linktype, frame, orig_len in itertools.islice(ring.packets(), STEP_FRAMES):

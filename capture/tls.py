@@ -58,6 +58,7 @@ class TlsCapture:
         self._scan_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._wake_fd: int | None = None
 
     # -- life ----------------------------------------------------------------------------------
 
@@ -77,7 +78,18 @@ class TlsCapture:
         self._thread.start()
         return None
 
+    def wakeup_fds(self) -> tuple[int, ...]:
+        """What the capture loop polls besides its packet rings: the tracer's ring buffer, readable
+        when a burst filled a quarter of it (so it is drained before it overflows)."""
+        if self._wake_fd is None and self.tracer is not None:
+            try:
+                self._wake_fd = self.tracer.fileno()
+            except Exception:  # the tracer is closing: the loop's timeout will do
+                return ()
+        return (self._wake_fd,) if self._wake_fd is not None else ()
+
     def close(self) -> None:
+        self._wake_fd = None
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)

@@ -6,7 +6,7 @@
         out.write(w.packet(ts_ns, linktype, data, orig_len))  # an IDB the first time a linktype is seen
 
 Why pcapng and not pcap: one file can hold frames of several link types (a node captures Ethernet
-and Linux cooked frames; the TLS plaintext of the eBPF tracer will be synthetic raw-IP frames), and
+and Linux cooked frames, and tools may add others), and
 timestamps keep their nanoseconds (`if_tsresol` = 9). Every block is little-endian, as the spec
 allows (readers honour the byte-order magic). `orig_len` is kept as captured, so a frame cut by a
 snap length still says how long it was on the wire (Wireshark shows "[Packet size limited during

@@ -248,10 +248,11 @@ class SyntheticTcp:
             size = len(chunk)
             flags = ACK | PSH if off + size >= n else ACK
             inflight = (self._seq[direction] - self._acked[direction]) & _M32
-            if not inflight or inflight + size < WINDOW:
+            if inflight + size < WINDOW:
                 out.append(self._segment(direction, flags, chunk, ts))
             elif self._skipped[direction] and inflight + size > WINDOW:
-                # after a gap: the segment first, so the ACK covers bytes the reader has seen end
+                # right after a gap the segment goes first: an ACK before it would acknowledge only
+                # bytes no frame showed, one more warning in Wireshark
                 out.append(self._segment(direction, flags, chunk, ts))
                 out.append(self._segment(peer, ACK, b"", ts))
             else:
@@ -346,4 +347,13 @@ class SyntheticTcp:
         return ts, LINKTYPE_ETHERNET, b"".join((self._eth[d], ip, tcp, payload))
 
 
-__all__ = ["MAC_PREFIX", "MAX_SEGMENT", "Frame", "SyntheticTcp", "is_synthetic"]
+__all__ = [
+    "GAP_STEP",
+    "MAC_PREFIX",
+    "MAX_GAP",
+    "MAX_SEGMENT",
+    "WINDOW",
+    "Frame",
+    "SyntheticTcp",
+    "is_synthetic",
+]

@@ -561,6 +561,14 @@ class RingBuffer:
             raise _error(f"consume ring buffer {self.name}", rc, "ringbuf")
         return max(rc, 0)
 
+    def fileno(self) -> int:
+        """An epoll fd that polls readable when the kernel side woke the ring (it does so for forced
+        wakeups only when samples are submitted without one): for a caller's own poll loop."""
+        with self._lock:
+            if self._handle is None:
+                raise BpfError(f"ring buffer {self.name} is closed")
+            return int(self._lib.ring_buffer__epoll_fd(self._handle))
+
     def start(self, *, thread_name: str = "bpf-ringbuf", poll_ms: int = 10) -> None:
         """Drain from a daemon thread every `poll_ms` (or on a forced wakeup) until `close()`."""
         if self._thread is not None or self._handle is None:
