@@ -129,7 +129,8 @@ class Plaintext:
         self.on_frame = on_frame
         self.conns: OrderedDict[object, PlainConn] = OrderedDict()  # least recently active first
         self.by_ssl: dict[tuple[int, int], PlainConn] = {}
-        self.held: list[tuple[int, Call, PairKey | None]] = []  # (release at, call, address pair)
+        # (release at, call, address pair, its decrypted connection or None for a tls call)
+        self.held: list[tuple[int, Call, PairKey | None, PlainConn | None]] = []
         self.decrypted: OrderedDict[PairKey, int] = OrderedDict()  # pair -> last seen ts
         self.sni: OrderedDict[PairKey, str] = OrderedDict()  # from tls calls that went by
         self.sni_by_ssl: OrderedDict[tuple[int, int], str] = OrderedDict()  # set before any byte
@@ -210,7 +211,7 @@ class Plaintext:
         key = _call_pair(call)
         if key is not None and call.sni:
             self._remember_sni(key, call.sni)
-        self.held.append((self.clock() + HOLD_NS, call, key))
+        self.held.append((self.clock() + HOLD_NS, call, key, None))
 
     def tick(self, now: int) -> None:
         """Release what has been held long enough; close decrypted connections idle too long."""
@@ -346,7 +347,7 @@ class Plaintext:
             call.sni = conn.sni
         call.info["tls_source"] = "ebpf"
         self.stats.calls += 1
-        self.held.append((self.clock() + HOLD_NS, call, _call_pair(call)))
+        self.held.append((self.clock() + HOLD_NS, call, _call_pair(call), conn))
 
     def _mark_decrypted(self, key: PairKey, ts: int) -> None:
         self.decrypted[key] = ts
@@ -378,10 +379,11 @@ class Plaintext:
         """Settle held calls due by ``now`` (all of them when None), oldest first, into ``out``."""
         if not self.held:
             return
-        keep: list[tuple[int, Call, PairKey | None]] = []
-        for due, call, key in self.held:
+        keep: list[tuple[int, Call, PairKey | None, PlainConn | None]] = []
+        for held in self.held:
+            due, call, key, conn = held
             if now is not None and due > now:
-                keep.append((due, call, key))
+                keep.append(held)
                 continue
             if call.protocol == "tls" and not call.info.get("tls_source"):
                 if key is not None and key in self.decrypted:
@@ -389,6 +391,8 @@ class Plaintext:
                     continue
                 self.out.append(call)
                 continue
+            if call.sni is None and conn is not None:
+                call.sni = conn.sni  # the client's SSL object may have joined after this call ended
             if key is not None and call.sni is None:
                 call.sni = self.sni.get(key) or self._live_sni(key)
             self.out.append(call)

@@ -180,3 +180,18 @@ def test_the_sni_a_traced_client_set_names_its_calls_without_the_packets() -> No
     chunk(engine, CURL, READ, RESPONSE, S + 1)
     (c,) = drain(engine)
     assert c.sni == "shop.podshark.test" and c.tls is True
+
+
+def test_the_clients_sni_reaches_a_call_the_server_side_finished_first() -> None:
+    """Both ends traced, and the server's records came first (its SSL_read returned before curl's
+    SSL_write did): the call is done before the client's SSL object joins, and still gets its SNI."""
+    engine = Engine("n/r")
+    plain = engine.enable_plaintext()
+    plain.server_name(CURL.pid, CURL.ssl, "late.podshark.test")
+    chunk(engine, NGINX, READ, REQUEST, S)
+    chunk(engine, NGINX, WRITE, RESPONSE, S + 1)  # the call is complete here
+    chunk(engine, CURL, WRITE, REQUEST, S + 2)
+    chunk(engine, CURL, READ, RESPONSE, S + 3)
+    (c,) = drain(engine)
+    assert c.sni == "late.podshark.test"
+    assert (c.src.process, c.dst.process) == ("curl", "nginx")
