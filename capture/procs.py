@@ -508,13 +508,13 @@ class ProcessIndex:
             self._last_drain = asked
             # the tracer's events of the last few milliseconds may hold it (a call that just ended)
             try:
-                drained = tracer.drain()
+                tracer.drain()
             except Exception as exc:  # a failing drain must not fail the lookup; the poller reports it
                 log.debug("process identity: eBPF drain failed: %s", exc)
-                drained = 0
-            if drained:
-                with self._lock:
-                    found = self._find(t, client, client_port, server, server_port, time.monotonic())
+            # look again even when this drain found nothing: the poller thread may have taken the
+            # event an instant before and delivered it while this drain waited for the ring's lock
+            with self._lock:
+                found = self._find(t, client, client_port, server, server_port, time.monotonic())
         with self._lock:
             missing = self._missing_local(found, client, server, asked)
         if missing and asked - self._last_scan_start >= self._miss_rescan_gap():
