@@ -37,6 +37,7 @@ import pytest
 from tests.capture.podnet import PodNet, named, podnet
 from tests.capture.test_tlslibs import contains, go_binaries, running, silent_port, wait_connected
 from tests.capture.test_worker import PODSHARK, WorkerProc, _wait_calls, _wait_worker, _worker_state
+from tests.capture.tlsnginx import nginx_tls_conf
 from tests.dissect.test_tls_handshakes import cert_files
 from tests.hub.test_service import REPO, _env, start_hub
 from tests.realtraffic import netns_unavailable_reason, tools_missing_reason
@@ -51,31 +52,6 @@ PORT = 8443
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 SNI = "api.podshark.test"
 BIG = 384 << 10  # the large response: many TLS records, many SSL_read calls
-
-NGINX_CONF = """\
-worker_processes 1;
-daemon off;
-master_process on;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    default_type text/plain;
-    server {{
-        listen {ip}:{port} ssl http2;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        location = /big.bin {{ root {dir}/www; default_type application/octet-stream; }}
-        location / {{ return 200 "path=$request_uri"; }}
-    }}
-}}
-"""
 
 
 def _tls_unavailable() -> str | None:
@@ -117,7 +93,11 @@ def lab() -> Iterator[Lab]:
         with podnet("client", "server") as net:
             server = net.pods["server"]
             conf = workdir / "nginx.conf"
-            conf.write_text(NGINX_CONF.format(dir=workdir, ip=server.ip, port=PORT, cert=cert, key=key))
+            locations = (
+                f"location = /big.bin {{ root {workdir}/www; default_type application/octet-stream; }}\n"
+                '        location / { return 200 "path=$request_uri"; }'
+            )
+            conf.write_text(nginx_tls_conf(workdir, server.ip, PORT, cert, key, locations))
             net.spawn(
                 server,
                 [

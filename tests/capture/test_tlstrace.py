@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime
-import ipaddress
 import json
 import os
 import shutil
@@ -55,6 +53,8 @@ from capture.ebpf.tlstrace import (
     TlsTracer,
     decode_event,
 )
+from tests.capture.tlsnginx import nginx_tls_conf
+from tests.dissect.test_tls_handshakes import cert_files
 from tests.realtraffic import NGINX, netns_pair
 
 CURL = shutil.which("curl")
@@ -212,44 +212,10 @@ def _ssl_module() -> str:
 
 
 @pytest.fixture(scope="module")
-def certs() -> Iterator[tuple[Path, Path]]:
-    """A self-signed certificate (EC P-256) and its key, made with `cryptography`."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    workdir = Path(tempfile.mkdtemp(prefix="psk-tlstrace-"))
-    try:
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "psk-test")])
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("psk-test"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-                ),
-                critical=False,
-            )
-            .sign(key, hashes.SHA256())
-        )
-        cert_path, key_path = workdir / "cert.pem", workdir / "key.pem"
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-        yield cert_path, key_path
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+def certs() -> tuple[Path, Path]:
+    """A self-signed certificate (EC P-256, 127.0.0.1 among its names) and its key."""
+    cert, key = cert_files()
+    return Path(cert), Path(key)
 
 
 @contextlib.contextmanager
@@ -595,29 +561,6 @@ def test_set_fd_alone_names_python_but_not_curl(tracer_ok: None, certs: tuple[Pa
         assert t.counters()["no_tuple"] - before >= len(curl_stream.chunks)
 
 
-NGINX_CONF = """\
-daemon off;
-master_process on;
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/client_body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    default_type text/plain;
-    server {{
-        listen 127.0.0.1:{port} ssl http2;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        location / {{ return 200 "path=$request_uri\\n"; }}
-    }}
-}}
-"""
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
@@ -632,7 +575,8 @@ def nginx_tls(certs: tuple[Path, Path]) -> Iterator[tuple[subprocess.Popen[bytes
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     conf = workdir / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(dir=workdir, port=port, cert=certs[0], key=certs[1]))
+    answer = 'location / { return 200 "path=$request_uri\\n"; }'
+    conf.write_text(nginx_tls_conf(workdir, "127.0.0.1", port, certs[0], certs[1], answer))
     proc = subprocess.Popen(
         [NGINX, "-c", str(conf), "-p", str(workdir), "-e", str(workdir / "error.log")],
         stdout=subprocess.DEVNULL,
