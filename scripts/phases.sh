@@ -78,11 +78,6 @@ lint() {
     "$VENV/bin/mypy"
 }
 
-k8s_lab_build() {  # the real Kubernetes control plane tests/identity runs against (built once, cached)
-    if [ "$(id -u)" -ne 0 ]; then echo "not root: skipped (the identity tests skip too)"; return 0; fi
-    DEBIAN_FRONTEND=noninteractive tests/k8slab/k8s-lab build
-}
-
 tests() {
     # The Hypothesis profile "ci" bounds example counts so the suite fits the 45-minute budget.
     HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci} "$VENV/bin/python" -m pytest -n 2 --dist loadgroup "$@"
@@ -116,7 +111,6 @@ case $cmd in
         phase "system packages" system_packages "${APT_RUN[@]}" "${APT_TEST[@]}"
         phase "python environment" python_env dev
         phase "lint (ruff, mypy)" lint
-        phase "k8s lab build" k8s_lab_build
         phase "tests (pytest)" tests "$@"
         report ;;
     lint)
