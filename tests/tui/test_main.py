@@ -105,7 +105,9 @@ def test_table_shows_the_newest_calls_first_with_the_columns(hub: TuiHub) -> Non
             assert isinstance(status_segment.style, Style) and status_segment.style.color == red.color
             ok = table.get_component_rich_style("calls-table--2xx", partial=True)
             assert ok.color != red.color
-            assert "connected" in status_text(app) and "90 calls loaded" in status_text(app)
+            await wait_for(
+                pilot, lambda: "connected" in status_text(app) and "90 calls loaded" in status_text(app)
+            )
 
     run(main())
 
@@ -326,10 +328,11 @@ def test_live_calls_appear_on_top_and_do_not_jump_when_the_cursor_moved_away(fre
             await wait_for(pilot, lambda: table.new == 2)
             assert ids(table.calls()) == ids(first)[::-1]  # nothing inserted: the view stays
             assert table.current_call is not None and table.current_call.id == first[1].id
-            assert "↑ 2 new — press g/Home to follow" in status_text(app)
+            await wait_for(pilot, lambda: "↑ 2 new — press g/Home to follow" in status_text(app))
             await pilot.press("g")
             await settle_rows(pilot, table, ids(more)[::-1] + ids(first)[::-1])
-            assert table.following and table.new == 0 and "press g/Home" not in status_text(app)
+            assert table.following and table.new == 0
+            await wait_for(pilot, lambda: "press g/Home" not in status_text(app))  # the status follows
 
     run(main())
 
@@ -512,11 +515,11 @@ def test_replay_of_a_two_call_window_under_a_banner_and_l_returns_to_live(hub: T
                 and "press l for live" in banner
                 and "finished: 2 calls" in banner
             )
-            assert " REPLAY " in status_text(app)
+            await wait_for(pilot, lambda: " REPLAY " in status_text(app))
             await pilot.press("l")
             await settle_rows(pilot, table, want(hub))
             assert app.main.mode == "live" and not app.main.query_one("#replay-banner").display
-            assert " LIVE " in status_text(app)
+            await wait_for(pilot, lambda: " LIVE " in status_text(app))
 
     run(main())
 
@@ -556,7 +559,10 @@ def test_an_unreachable_hub_is_shown_and_the_app_reconnects_when_it_comes_up(
             await until_ready(pilot)
             status = app.main.query_one(StatusLine)
             await wait_for(pilot, lambda: status.state == "reconnecting")
-            assert "reconnecting" in status_text(app) and "cannot reach the hub" in status_text(app)
+            await wait_for(
+                pilot,
+                lambda: "cannot reach the hub" in status_text(app) and "reconnecting" in status_text(app),
+            )
             assert any("unreachable" in n.message for n in app._notifications)
             started = await asyncio.to_thread(start_hub_on, tmp_path / "db", tmp_path / "hub.log", port)
             try:
