@@ -241,6 +241,22 @@ def _read_messages(
     decode_as: Mapping[str, str] | None,
     override_prefs: Mapping[str, str] | None,
 ) -> tuple[list[HttpMessage], list[tuple[int, int]]]:
+    """tshark's HTTP messages of `path`. pyshark's tshark child has been seen to exit 255 now and
+    then on a loaded machine (rarely, with the same file read fine before and after): one more try
+    then, and a second failure is raised as it is."""
+    from pyshark.capture.capture import TSharkCrashException
+
+    try:
+        return _read_messages_once(path, decode_as, override_prefs)
+    except TSharkCrashException:
+        return _read_messages_once(path, decode_as, override_prefs)
+
+
+def _read_messages_once(
+    path: str,
+    decode_as: Mapping[str, str] | None,
+    override_prefs: Mapping[str, str] | None,
+) -> tuple[list[HttpMessage], list[tuple[int, int]]]:
     import pyshark  # imported lazily so collecting tests without pyshark still works
 
     messages: list[HttpMessage] = []
