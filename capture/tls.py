@@ -55,6 +55,7 @@ class TlsCapture:
         self._attached: dict[Any, str] = {}  # FileKey -> path it was attached with
         self._attach_errors: dict[str, str] = {}  # path -> why not (retried every scan)
         self._scan: Any = None  # the last capture.tlslibs.Scan
+        self._scanner: Any = None  # capture.tlslibs.Scanner (its caches live across scans)
         self._scan_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -113,10 +114,9 @@ class TlsCapture:
         tracer = self.tracer
         if tracer is None:
             return
-        scanner = getattr(self, "_scanner", None)
-        if scanner is None:
-            scanner = self._scanner = Scanner()
-        scan = scanner.scan()
+        if self._scanner is None:
+            self._scanner = Scanner()
+        scan = self._scanner.scan()
         errors: dict[str, str] = {}
         for key, lib in scan.libraries.items():
             if key in self._attached:
