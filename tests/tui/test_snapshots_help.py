@@ -17,6 +17,7 @@ from textual.pilot import Pilot
 
 from tests.tui.conftest import SIZE, TuiHub, make_app, until_ready, wait_for
 
+BLINK_PERIOD = 0.5  # s, Textual's Input cursor
 NOW = calendar.timegm((2025, 11, 21, 11, 0, 0)) * 10**9
 
 
@@ -31,7 +32,9 @@ def open_with(key: str, screen: str, *then: str) -> Callable[[Pilot[Any]], Await
         if then:
             await pilot.press(*then)
         await pilot.pause()  # (no waiting for workers: the live stream's never completes)
-        await pilot.pause()
+        # Longer than one cursor-blink period (0.5 s): a text field whose cursor still blinks
+        # under a headless app shows up here as a mismatch every time, not once in a while.
+        await pilot.pause(BLINK_PERIOD + 0.2)
 
     return run_before
 

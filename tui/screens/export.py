@@ -33,6 +33,7 @@ from textual.widgets import Button, Input, Label, ProgressBar, Static
 from dissect.filter import render_time
 from tui.client import HubError, Rejected, Unauthorized, Unreachable
 from tui.format import caret_lines, format_size
+from tui.widgets.text_field import TextField
 
 if TYPE_CHECKING:
     from tui.client import HubClient
@@ -122,7 +123,7 @@ class ExportScreen(ModalScreen["Path | None"]):
                 yield Static(window, id="export-window", classes="field-value")
             with Horizontal(classes="field"):
                 yield Label("File", classes="field-label -input")
-                yield Input(name, id="export-path")
+                yield TextField(name, id="export-path")
             yield Static("", id="export-message", classes="dialog-note")
             yield ProgressBar(total=None, show_eta=False, id="export-progress")
             with Horizontal(classes="dialog-buttons"):

@@ -32,6 +32,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, RadioButton, RadioSet, Static
 
 from dissect.filter import parse_duration, parse_time, render_duration, render_time
+from tui.widgets.text_field import TextField
 
 if TYPE_CHECKING:
     from tui.client import HubClient
@@ -119,11 +120,11 @@ class ReplayDialog(ModalScreen["ReplayRequest | None"]):
             yield Static("Replay a past window", classes="dialog-title")
             with Horizontal(classes="field"):
                 yield Label("From", classes="field-label")
-                yield Input(self._from_text, placeholder="-15m or 2025-11-21T10:00:00Z", id="replay-from")
+                yield TextField(self._from_text, placeholder="-15m or 2025-11-21T10:00:00Z", id="replay-from")
             yield Static("", id="replay-from-error", classes="field-error")
             with Horizontal(classes="field"):
                 yield Label("To", classes="field-label")
-                yield Input(self._to_text, placeholder="now, -5m or 2025-11-21T10:15:00Z", id="replay-to")
+                yield TextField(self._to_text, placeholder="now, -5m or 2025-11-21T10:15:00Z", id="replay-to")
             yield Static("", id="replay-to-error", classes="field-error")
             with Horizontal(classes="field"):
                 yield Label("Speed", classes="field-label")

@@ -25,6 +25,7 @@ from dissect.model import Call, Message
 from tui.curl import sanitize
 from tui.render.body import as_text, content_type, is_json_type, pretty_json
 from tui.render.units import size
+from tui.widgets.text_field import TextField
 
 SIDES = ("request", "response")
 
@@ -78,7 +79,7 @@ class SaveBodyDialog(ModalScreen[tuple[Path, int] | None]):
                     m = self._message(side)
                     what = "none" if m is None else size(len(m.body))
                     yield RadioButton(f"{side} body ({what})", value=side == self.side, id=f"side-{side}")
-            yield Input(default_path(self.call, self.side), id="save-path")
+            yield TextField(default_path(self.call, self.side), id="save-path")
             yield Label(
                 Text("Enter saves, Escape cancels; an existing file needs a second Enter", style="dim")
             )

@@ -23,12 +23,13 @@ from dissect.filter import FilterError, parse
 from tui import format as fmt
 from tui.filter_history import FilterHistory
 from tui.messages import FilterCancelled, FilterSubmitted
+from tui.widgets.text_field import TextField
 
 CHECK_DELAY = 0.35  # s of no typing before the text is checked
 PLACEHOLDER = 'press / to filter, e.g.  http and status >= 500   dst.namespace == "shop"   dns'
 
 
-class FilterInput(Input):
+class FilterInput(TextField):
     """The text field; up/down walk the history, Escape cancels."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -36,10 +37,6 @@ class FilterInput(Input):
         Binding("down", "history_next", "Newer filter", show=False),
         Binding("escape", "cancel", "Cancel", show=False),
     ]
-
-    def on_mount(self) -> None:
-        if self.app.is_headless:  # a blinking cursor would make snapshots flaky
-            self.cursor_blink = False
 
     def action_history_previous(self) -> None:
         bar = self._bar()
