@@ -78,9 +78,22 @@ lint() {
     "$VENV/bin/mypy"
 }
 
+k8s_lab_build() {  # the real Kubernetes control plane tests/identity runs against (built once, cached)
+    if [ "$(id -u)" -ne 0 ]; then echo "not root: skipped (the identity tests skip too)"; return 0; fi
+    DEBIAN_FRONTEND=noninteractive tests/k8slab/k8s-lab build
+}
+
 tests() {
     # The Hypothesis profile "ci" bounds example counts so the suite fits the 45-minute budget.
-    HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci} "$VENV/bin/python" -m pytest -n 2 --dist loadgroup "$@"
+    # Tests against the Kubernetes lab run in their own phase (identity_tests) after this one.
+    HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci} "$VENV/bin/python" -m pytest -n 2 --dist loadgroup \
+        -m "not k8slab" "$@"
+}
+
+identity_tests() {
+    # tests/identity against the real control plane: one process, one lab, nothing else running
+    # (the lab's API server alone takes ~300 MiB and a core while it starts).
+    HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci} "$VENV/bin/python" -m pytest -n 0 -m k8slab "$@"
 }
 
 cmd=${1:-test}; shift || true
@@ -111,7 +124,9 @@ case $cmd in
         phase "system packages" system_packages "${APT_RUN[@]}" "${APT_TEST[@]}"
         phase "python environment" python_env dev
         phase "lint (ruff, mypy)" lint
+        phase "k8s lab build" k8s_lab_build
         phase "tests (pytest)" tests "$@"
+        phase "identity tests (k8s lab)" identity_tests "$@"
         report ;;
     lint)
         phase "python environment" python_env dev
