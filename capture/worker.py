@@ -2,6 +2,7 @@
 
     rings (capture.afpacket) -> dedupe -> dissect.engine -> Call
          -> process identity (capture.procs: who sent it, who answered, on this node)
+         -> Kubernetes identity (capture.k8s: pod, workload, service, namespace, node, labels)
          -> redaction (capture.redact: secrets never leave the node)
          -> uplink (capture.uplink: one WebSocket, batches, acks, on-disk spool)
     frames of every flow -> packet spool (capture.spool) <- the hub's export, over the same WebSocket
@@ -64,6 +65,12 @@ class WorkerConfig:
     identity: bool = True  # process identity from /proc
     ebpf: bool = True  # ... and the eBPF connect tracer for short-lived clients
     tls: bool = False  # TLS plaintext through eBPF uprobes on OpenSSL (capture.tls)
+    # Kubernetes identity (capture.k8s.cluster): "auto" = in-cluster when running in a pod, else off;
+    # "on" = required (an unusable configuration stops the worker); "off".
+    k8s: str = "auto"
+    kubeconfig: str | None = None  # else the pod's ServiceAccount
+    k8s_context: str | None = None
+    k8s_scope: str = "node"  # which pods to watch: this node's ("node") or every one ("cluster")
     rescan_interval: float = 2.0
     stats_interval: float = 2.0
     ssl: Any = None  # an ssl.SSLContext for a wss:// hub
@@ -84,6 +91,7 @@ class Worker:
         self.warnings: list[str] = []
         self.capturing: set[str] = set()
         self.identity: Any = None  # capture.procs.ProcessIndex when enabled
+        self.k8s: Any = None  # capture.k8s.cluster.ClusterIdentity when enabled
         self.uplink: Any = None  # capture.uplink.Uplink
         self.backend: Backend | None = None
         self._stop: asyncio.Event | None = None
@@ -96,6 +104,7 @@ class Worker:
         self.started_ns = 0
         self._hub_addrs: set[tuple[str, int]] = set()
         self._opaque: Any = None  # capture.tls.OpaqueFilter: --tls with --procs > 1
+        self._k8s_off = ""  # why there is no Kubernetes identity, for the stats
 
     # -- setup -----------------------------------------------------------------------------------
 
@@ -146,6 +155,7 @@ class Worker:
     def _on_calls(self, calls: list[Call]) -> None:
         """On the capture thread: tag, redact, encode, hand to the uplink (never blocks)."""
         ident = self.identity
+        k8s = self.k8s
         node = self.config.node
         submit = self.uplink.submit
         own = self._hub_addrs
@@ -182,6 +192,8 @@ class Worker:
                             server.container,
                             node,
                         )
+            if k8s is not None:
+                k8s.tag(call)
             if self.redactor.call(call):
                 self.redacted += 1
             if opaque is not None and opaque.offer(call):
@@ -227,6 +239,11 @@ class Worker:
         if self.identity is not None:
             with contextlib.suppress(Exception):
                 out["identity"] = self.identity.stats()
+        if self.k8s is not None:
+            with contextlib.suppress(Exception):
+                out["kubernetes"] = self.k8s.stats()
+        elif self._k8s_off:
+            out["kubernetes"] = {"enabled": False, "reason": self._k8s_off}
         return out
 
     def _export(self, from_ns: int | None, to_ns: int | None, flow_ids: list[str]) -> Any:
@@ -260,6 +277,7 @@ class Worker:
             self.identity = ProcessIndex(ebpf=self.config.ebpf)
             for w in await asyncio.to_thread(self.identity.start):
                 self._warn(w)
+        await self._start_k8s()
         self.uplink = Uplink(
             self.config.hub,
             self.config.token,  # a callable re-reads a token file before each connection (rotation)
@@ -298,6 +316,36 @@ class Worker:
                 await uplink_task
             if self.identity is not None:
                 self.identity.close()
+            if self.k8s is not None:
+                await asyncio.to_thread(self.k8s.close)
+
+    async def _start_k8s(self) -> None:
+        """Kubernetes identity: required with k8s="on", in-cluster only with "auto" (see WorkerConfig)."""
+        import os
+
+        from capture.k8s.cluster import ClusterIdentity, K8sConfigError
+
+        cfg = self.config
+        if cfg.k8s == "off":
+            self._k8s_off = "turned off (--no-k8s)"
+            return
+        if cfg.k8s == "auto" and not cfg.kubeconfig and not os.environ.get("KUBERNETES_SERVICE_HOST"):
+            self._k8s_off = "not running in a cluster and no --kubeconfig given"
+            return
+        k8s = ClusterIdentity(
+            cfg.node, kubeconfig=cfg.kubeconfig, context=cfg.k8s_context, scope=cfg.k8s_scope
+        )
+        try:
+            warnings = await asyncio.to_thread(k8s.start)
+        except K8sConfigError as e:
+            if cfg.k8s == "on" or cfg.kubeconfig:
+                raise WorkerError(str(e)) from e
+            self._k8s_off = str(e)
+            self._warn(f"no Kubernetes identity: {e}")
+            return
+        self.k8s = k8s
+        for w in warnings:
+            self._warn(w)
 
     async def _open(self, name: str) -> None:
         assert self.backend is not None
@@ -321,6 +369,8 @@ class Worker:
                 break
             if self._opaque is not None:
                 self._opaque.release()
+            if self.k8s is not None:
+                self.k8s.tick()
             _added, removed = watch.changes()
             for name in removed:
                 if name in self.capturing:

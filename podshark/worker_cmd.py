@@ -39,7 +39,13 @@ def add_capture_options(p: argparse.ArgumentParser, *, state_default: str) -> No
         help="capture on IF (a name or a glob such as 'veth*'; repeat for more). Default: every interface "
         "that carries pod traffic on this node (veth host ends, CNI bridges), re-scanned as pods come and go",
     )
-    p.add_argument("--node", default=None, metavar="NAME", help="node name in call ids (default: hostname)")
+    p.add_argument(
+        "--node",
+        default=None,
+        metavar="NAME",
+        help="this node's name, in call ids and for the Kubernetes pod watch (default: $NODE_NAME, which "
+        "the DaemonSet sets from spec.nodeName, else the hostname)",
+    )
     p.add_argument(
         "--capture-filter",
         "-f",
@@ -112,6 +118,28 @@ def add_capture_options(p: argparse.ArgumentParser, *, state_default: str) -> No
         help="also trace TLS plaintext with eBPF uprobes on OpenSSL (libssl.so.3) in every process "
         "(needs root and a kernel with BTF; says why and goes on without it otherwise)",
     )
+    k8s = p.add_argument_group(
+        "Kubernetes identity",
+        "pod, workload, service, namespace, node and labels on every call. In a pod this uses the "
+        "ServiceAccount by itself; elsewhere pass --kubeconfig.",
+    )
+    k8s.add_argument(
+        "--kubeconfig",
+        default=None,
+        metavar="PATH",
+        help="watch the cluster this kubeconfig names (an unusable one stops the worker)",
+    )
+    k8s.add_argument(
+        "--k8s-context", default=None, metavar="NAME", help="kubeconfig context (default: current)"
+    )
+    k8s.add_argument(
+        "--k8s-pods",
+        choices=("node", "cluster"),
+        default="node",
+        help="which pods to watch: this node's only (default; peers on other nodes are named from "
+        "Endpoints), or every pod (small clusters; one pod stream per node for the API server)",
+    )
+    k8s.add_argument("--no-k8s", action="store_true", help="no Kubernetes identity, even in a cluster")
     p.add_argument(
         "--no-ebpf",
         action="store_true",
@@ -130,7 +158,7 @@ def worker_config(
     return WorkerConfig(
         hub=hub,
         token=token,
-        node=args.node or socket.gethostname(),
+        node=args.node or os.environ.get("NODE_NAME") or socket.gethostname(),
         interfaces=args.interface,
         capture_filter=args.capture_filter,
         procs=args.procs,
@@ -143,6 +171,10 @@ def worker_config(
         identity=not args.no_identity,
         ebpf=not args.no_ebpf,
         tls=args.tls,
+        k8s="off" if args.no_k8s else ("on" if args.kubeconfig else "auto"),
+        kubeconfig=args.kubeconfig,
+        k8s_context=args.k8s_context,
+        k8s_scope=args.k8s_pods,
     )
 
 

@@ -55,19 +55,21 @@ class PodNet:
     def glob(self) -> str:
         return self.prefix + "*"
 
-    def add_pod(self, name: str) -> Pod:
+    def add_pod(self, name: str, ip: str | None = None, prefixlen: int = 24) -> Pod:
+        """A pod on the bridge; `ip` (with `prefixlen`) instead of the next 198.19.X.n, e.g. the IP a
+        Kubernetes pod was given, so real traffic carries the addresses the cluster knows."""
         n = len(self.pods) + 2
         pod = Pod(
             name,
             f"{self.prefix}-{name}",
             f"{self.prefix}{chr(ord('a') + n - 2)}0",
-            f"198.19.{self.subnet}.{n}",
+            ip or f"198.19.{self.subnet}.{n}",
         )
         _ip("netns", "add", pod.netns)
         self.pods[name] = pod
         _ip("link", "add", pod.host_if, "type", "veth", "peer", "name", "eth0", "netns", pod.netns)
         _ip("link", "set", pod.host_if, "master", self.bridge, "up")
-        _ip("-n", pod.netns, "addr", "add", f"{pod.ip}/24", "dev", "eth0")
+        _ip("-n", pod.netns, "addr", "add", f"{pod.ip}/{prefixlen if ip else 24}", "dev", "eth0")
         _ip("-n", pod.netns, "link", "set", "eth0", "up")
         _ip("-n", pod.netns, "link", "set", "lo", "up")
         return pod

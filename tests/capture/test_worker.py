@@ -83,9 +83,17 @@ def _wait_listening(net: PodNet, ip: str, port: int) -> None:
 
 class WorkerProc:
     def __init__(
-        self, hub: Hub, interfaces: str, state: Path, log: Path, *extra: str, wrap: list[str] | None = None
+        self,
+        hub: Hub,
+        interfaces: str,
+        state: Path,
+        log: Path,
+        *extra: str,
+        wrap: list[str] | None = None,
+        node: str = "test-node",
     ) -> None:
         self.log = log
+        self.node = node
         argv = [
             *(wrap or []),
             PODSHARK,
@@ -95,7 +103,7 @@ class WorkerProc:
             "--interface",
             interfaces,
             "--node",
-            "test-node",
+            node,
             "--state-dir",
             str(state),
             *extra,
@@ -115,11 +123,11 @@ class WorkerProc:
         return self.proc.returncode
 
 
-def _worker_state(hub: Hub) -> dict[str, Any] | None:
+def _worker_state(hub: Hub, node: str = "test-node") -> dict[str, Any] | None:
     status, body = get(hub, "/api/v1/stats")
     assert status == 200
     for w in body["workers"]:
-        if w["name"] == "test-node":
+        if w["name"] == node:
             return w
     return None
 
@@ -129,7 +137,7 @@ def _wait_worker(hub: Hub, worker: WorkerProc, interfaces: int) -> dict[str, Any
     while time.monotonic() < deadline:
         if worker.proc.poll() is not None:
             raise AssertionError(f"worker exited {worker.proc.returncode}: {worker.log.read_text()[-3000:]}")
-        w = _worker_state(hub)
+        w = _worker_state(hub, worker.node)
         if w and w.get("connected") and w.get("reported", {}).get("interface_count", 0) >= interfaces:
             return w
         time.sleep(0.3)
