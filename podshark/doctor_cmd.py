@@ -163,6 +163,7 @@ def _hub(r: Report, url: str, token: str | None) -> None:
         status = OK if w.get("connected") and not drops else WARN
         r.line(status, f"worker {name}", ("connected" if w.get("connected") else "disconnected") +
                (f", drops {drops}" if drops else ", no drops"))  # fmt: skip
+        _kubernetes(r, str(name), (w.get("reported") or {}).get("kubernetes"))
         tls = (w.get("reported") or {}).get("tls")
         if not tls:
             r.line(WARN, f"  {name} TLS", "not traced (the worker runs without --tls)")
@@ -179,6 +180,31 @@ def _hub(r: Report, url: str, token: str | None) -> None:
                     f"  {name} pid {p.get('pid')} {p.get('comm')}",
                     f"{p.get('verdict')}: {p.get('reason')}",
                 )
+
+
+def _kubernetes(r: Report, name: str, k8s: dict[str, Any] | None) -> None:
+    """One line for a worker's Kubernetes identity, and one per watch that is not well."""
+    if not k8s:
+        return  # a worker from before Kubernetes identity existed
+    if not k8s.get("enabled"):
+        r.line(WARN, f"  {name} Kubernetes", f"no identity: {k8s.get('reason') or 'off'}")
+        return
+    idx = k8s.get("index") or {}
+    sizes = ", ".join(f"{idx.get(k, 0)} {k}" for k in ("pods", "services", "owners", "nodes"))
+    kinds = k8s.get("kinds") or {}
+    r.line(
+        OK if k8s.get("synced") else WARN,
+        f"  {name} Kubernetes",
+        f"{k8s.get('server')}, {k8s.get('scope')} pods of {k8s.get('node')}: {sizes}"
+        + ("" if k8s.get("synced") else " (not every kind listed yet)"),
+    )
+    for kind, st in sorted(kinds.items()):
+        if st.get("served") is False:
+            continue
+        if not st.get("connected") or st.get("last_error"):
+            state = "watching" if st.get("connected") else "not connected"
+            r.line(WARN, f"  {name} watch {kind}", f"{state}; {st.get('failures', 0)} failures; "
+                   f"last error: {st.get('last_error') or '-'}")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:

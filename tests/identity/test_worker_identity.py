@@ -30,7 +30,7 @@ import pytest
 from tests.capture.podnet import Pod, PodNet, named, podnet
 from tests.capture.test_conntrace import container_cgroup
 from tests.capture.test_procs import in_cgroup
-from tests.capture.test_worker import WorkerProc, _wait_calls, _wait_worker, _worker_state
+from tests.capture.test_worker import PODSHARK, WorkerProc, _wait_calls, _wait_worker, _worker_state
 from tests.hub.test_service import REPO, Hub, _env, start_hub
 from tests.identity.kube import (
     Lab,
@@ -264,6 +264,20 @@ def test_each_call_names_pod_workload_service_node_labels_and_process(scene: Sce
     k8s = scene.k8s_stats()
     assert k8s["scope"] == "node" and k8s["kinds"]["EndpointSlice"]["watched"] == "v1 endpoints"
     assert k8s["kinds"]["Pod"]["synced"] and k8s["index"]["pods"] >= 3
+    # the node's own pods only: web x2 and client here, not db-0 (kubectl's count, this namespace)
+    here_pods = kube.get("pods", "--all-namespaces", "--field-selector", f"spec.nodeName={here}")["items"]
+    assert k8s["index"]["pods"] == len(here_pods)
+
+    doctor = subprocess.run(
+        [PODSHARK, "doctor", "--hub", scene.hub.url, "--hub-only"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    line = next(x for x in doctor.stdout.splitlines() if f"{here} Kubernetes" in x)
+    assert line.startswith("ok ") and f"node pods of {here}: {len(here_pods)} pods," in line, doctor.stdout
 
 
 def test_ip_reuse_by_scale_and_recreate_resolves_by_time(scene: Scene) -> None:
