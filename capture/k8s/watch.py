@@ -139,7 +139,7 @@ def load_api_client(kubeconfig: str | None = None, context: str | None = None) -
             config.load_kube_config(
                 config_file=kubeconfig, context=context, client_configuration=cfg, persist_config=False
             )
-        except (config.ConfigException, OSError, ValueError, TypeError, KeyError) as e:
+        except Exception as e:  # ConfigException, YAMLError, OSError, ...: every way a file is unusable
             raise K8sConfigError(
                 f"kubeconfig {kubeconfig!r} is not usable ({_one_line(e)}): fix it or pass another"
             ) from e

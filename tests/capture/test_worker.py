@@ -91,7 +91,9 @@ class WorkerProc:
         *extra: str,
         wrap: list[str] | None = None,
         node: str = "test-node",
+        env: dict[str, str] | None = None,
     ) -> None:
+        """`env`: extra environment variables for the worker."""
         self.log = log
         self.node = node
         argv = [
@@ -109,7 +111,9 @@ class WorkerProc:
             *extra,
         ]
         with log.open("ab") as out:
-            self.proc = subprocess.Popen(argv, cwd=REPO, env=_env(), stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                argv, cwd=REPO, env={**_env(), **(env or {})}, stdout=out, stderr=subprocess.STDOUT
+            )
 
     def stop(self) -> int:
         if self.proc.poll() is None:
