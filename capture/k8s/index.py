@@ -15,31 +15,48 @@ What an address resolves to, in this order:
    service; when several do, one whose endpoint ports include the call's port is preferred);
 2. a node IP and a port a pod serves there: hostNetwork pods' containerPorts, and hostPorts of any
    pod (the node forwards those to the pod);
-3. a Service's ClusterIP, externalIP or load-balancer IP: the service (``service`` is its name,
+3. an address an Endpoints/EndpointSlice ``targetRef`` names a Pod for (``kind="endpoint"``): a pod
+   this index has no Pod object for, typically one on another node when each worker watches only
+   its own node's pods. It gets the pod's name, namespace and uid from the reference, its node from
+   the endpoint, the services as in 1, no labels, and a workload only when the pod's generated name
+   leads to an owner object the index holds (``<owner>-<5 random chars>`` for ReplicaSet, DaemonSet
+   and Job pods, ``<statefulset>-<ordinal>``; see `_owner_candidates`), climbed as in 1; never a
+   guess. When several sources list the address then, the one that listed it last wins. A node IP
+   (the endpoint of a hostNetwork pod) matches only on a port the endpoint lists;
+4. a Service's ClusterIP, externalIP or load-balancer IP: the service (``service`` is its name,
    ``namespace`` its namespace). Which pod answered is not knowable from the address alone;
    `service_backends` lists the candidates at that time for a caller that wants them;
-4. a node IP and one of a Service's nodePorts: that service, on that node;
-5. a node IP alone: the node (a hostNetwork client's ephemeral port matches no declared port; its
-   process, through its container id and `by_container`, can still name the pod).
+5. a node IP and one of a Service's nodePorts: that service, on that node;
+6. a node IP alone: the node (a hostNetwork client's ephemeral port matches no declared port; its
+   process, through its container id and `by_container`, can still name the pod);
+7. an address inside a Node's ``spec.podCIDRs`` (``kind="pod-cidr"``): only the node, the most
+   specific range first. A pod nobody lists (no Pod object, in no endpoint) still gets its node.
 
 IP reuse. Every address keeps its holders as time ranges (`capture.k8s.spans`): a pod's IP from when
 it got it (the event that first showed it; for a pod first seen already running, its
 creationTimestamp, but never before the previous holder let go) to its deletion, its terminal phase
 or the IP changing; a new pod claiming an IP ends the previous holder's range then, even when that
-pod's DELETED event comes later (the two arrive in any order). `ip_lead_ns` lets an address resolve
-to a pod for a moment before its IP was *seen*, when nothing else held the address then: the kubelet
-reports a pod's IP after the pod already has it. Ended ranges are kept `history_ns`, bounded in
+pod's DELETED event comes later (the two arrive in any order). An endpoint's pod holds its address
+while a source lists it for that pod: from the event that listed it (a source first seen already
+listing it: since the source's creation, but never before another pod's listing of the address
+ended) to the event that drops it or the source's deletion. A pod CIDR is its node's while the Node
+has it. `ip_lead_ns` lets an address resolve to a pod (or an endpoint's pod) for a moment before its
+IP was *seen*, when nothing else held the address then: the kubelet reports a pod's IP after the
+pod already has it. Ended ranges are kept `history_ns`, bounded in
 number; objects that still exist are kept as long as they exist, at most `max_objects` per kind.
 
 Hostile or malformed objects (missing fields, wrong types) never raise: `apply` counts them under
-`stats()["skipped"]` and goes on. One lock guards everything: the watch thread writes, the capture
-thread reads, and a resolution costs a few microseconds (bench/k8s_index.py).
+`stats()["skipped"]` and goes on; malformed references inside a usable object (a targetRef, a node
+name, a pod CIDR) are dropped and counted under `stats()["ignored"]`. One lock guards everything:
+the watch thread writes, the capture thread reads, and a resolution costs a few microseconds
+(bench/k8s_index.py).
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import socket
 import threading
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
@@ -49,8 +66,11 @@ import msgspec
 from capture.k8s.objects import (
     BadObject,
     EndpointPort,
+    Ignored,
     OwnerRef,
+    PodCidr,
     PodInfo,
+    PodRef,
     ServiceInfo,
     SharedFields,
     container_ref_id,
@@ -77,10 +97,17 @@ DEFAULT_IP_LEAD_NS = 5 * 10**9  # how long before its IP was seen a pod may alre
 DEFAULT_MAX_OBJECTS = 1_000_000  # live objects per kind; far above any cluster Kubernetes supports
 PRUNE_EVERY_NS = 10**9  # `apply` prunes ended ranges at most once a second of event time
 HOST_HINTS_MAX = 65_536  # host IP -> node name learnt from pods, for clusters whose Nodes we cannot watch
+ADDR_CACHE_MAX = 16_384  # parsed addresses kept for pod CIDR lookups (~100 bytes each), cleared when full
 
 # A controller kind climbed through to name the workload: a ReplicaSet is an implementation detail of
 # its Deployment, a Job of its CronJob. Anything else is the workload itself.
 _CLIMB = frozenset({"ReplicaSet", "Job"})
+
+# Pods a controller creates are named by the API server from the controller's ``generateName``,
+# ``<owner>-``, plus 5 characters of this alphabet (k8s.io/apimachinery/pkg/util/rand: no vowels, no
+# 0, 1 or 3, so that no word or look-alike appears). StatefulSet pods are ``<statefulset>-<ordinal>``.
+_RAND_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+_RAND_KINDS = ("ReplicaSet", "DaemonSet", "Job")  # whose pods take a random suffix, in the order tried
 
 
 class Identity(msgspec.Struct, frozen=True):
@@ -93,7 +120,8 @@ class Identity(msgspec.Struct, frozen=True):
     as is for a hub that serves resolutions to workers.
     """
 
-    kind: str  # "pod" | "host-port" | "service" | "node-port" | "node" | "container"
+    # "pod" | "host-port" | "endpoint" | "service" | "node-port" | "node" | "pod-cidr" | "container"
+    kind: str
     pod: str | None = None
     namespace: str | None = None
     workload: str | None = None  # "Deployment/web", "StatefulSet/db", "Pod/debug"...
@@ -129,6 +157,112 @@ class _State:
         return f"_State({self.info!r})"
 
 
+class _PodCidrs:
+    """Nodes' pod CIDRs over time, looked up with one dict probe per prefix length on record.
+
+    One `Table` per (IP version, prefix length) maps a network's prefix bits (the address shifted
+    right by the host bits) to the spans of the node states that held that range. A lookup shifts
+    the address once per prefix length held, the longest first (the most specific range wins), so
+    its cost does not grow with the number of nodes.
+    """
+
+    __slots__ = ("addrs", "by_len", "held", "lens")
+
+    def __init__(self) -> None:
+        self.by_len: dict[tuple[int, int], Table] = {}  # (version, prefix length) -> prefix bits -> spans
+        # IP version -> ((host bits, table), ...) for the non-empty tables, the longest prefix first
+        self.lens: dict[int, tuple[tuple[int, Table], ...]] = {}
+        self.held: frozenset[tuple[int, int]] = frozenset()  # the (version, prefix length) in lens
+        # address text -> its integer value (-1: not an address). A lookup asks about the same peers
+        # over and over; parsing costs half of it.
+        self.addrs: dict[str, int] = {}
+
+    def table(self, version: int, plen: int) -> Table:
+        """The table of ``version``/``plen`` ranges (at most 33 + 129 of them ever exist)."""
+        table = self.by_len.get((version, plen))
+        if table is None:
+            table = self.by_len[(version, plen)] = Table(f"pod_cidrs/{version}/{plen}")
+        return table
+
+    def added(self, cidrs: tuple[PodCidr, ...]) -> None:
+        """Spans of ``cidrs`` were opened: make sure their prefix lengths are tried."""
+        if any((version, plen) not in self.held for version, plen, _ in cidrs):
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Recompute which prefix lengths a lookup tries (after ranges were added or pruned)."""
+        lens: dict[int, list[tuple[int, int, Table]]] = {}
+        for (version, plen), table in self.by_len.items():
+            if len(table):
+                lens.setdefault(version, []).append((plen, (32 if version == 4 else 128) - plen, table))
+        self.held = frozenset((version, plen) for version, held in lens.items() for plen, _, _ in held)
+        self.lens = {
+            version: tuple((bits, table) for _, bits, table in sorted(held, key=lambda h: -h[0]))
+            for version, held in lens.items()
+        }
+
+    def __len__(self) -> int:
+        return sum(len(table) for table in self.by_len.values())
+
+    def node_at(self, ip: str, ts: int) -> str | None:
+        """The node whose pod CIDR holds ``ip`` at ``ts`` (the most specific range), else None."""
+        v6 = ":" in ip
+        pairs = self.lens.get(6 if v6 else 4)
+        if pairs is None:
+            return None
+        addr = self.addrs.get(ip)
+        if addr is None:
+            if len(ip) > 45:  # longer than any address text: not worth a parse, nor a cache entry
+                return None
+            try:
+                addr = int.from_bytes(socket.inet_pton(socket.AF_INET6 if v6 else socket.AF_INET, ip), "big")
+            except (OSError, ValueError):  # not an address (an embedded NUL is a ValueError)
+                addr = -1
+            if len(self.addrs) >= ADDR_CACHE_MAX:
+                self.addrs.clear()
+            self.addrs[ip] = addr
+        if addr < 0:
+            return None
+        for bits, table in pairs:
+            span = table.at(addr >> bits, ts)
+            if span is not None:
+                name: str = span.value.info.name
+                return name
+        return None
+
+
+class _Target:
+    """A pod an endpoint names (`PodRef`) and the ports its source lists for the address.
+
+    The value of an ``endpoint_targets`` span. Equal by content, so that a source's next event
+    listing the same pod keeps the span (and its start); it caches the inferred workload for one
+    owner generation, as `_State` does for pods.
+    """
+
+    __slots__ = ("hash", "ports", "ref", "wl", "wl_gen")
+
+    def __init__(self, ref: PodRef, ports: tuple[EndpointPort, ...]) -> None:
+        self.ref = ref
+        self.ports = ports
+        self.hash = hash((ref, ports))
+        self.wl: str | None = None
+        self.wl_gen = -1
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, _Target)
+            and self.hash == other.hash
+            and self.ref == other.ref
+            and self.ports == other.ports
+        )
+
+    def __hash__(self) -> int:
+        return self.hash
+
+    def __repr__(self) -> str:
+        return f"_Target({self.ref!r}, {self.ports!r})"
+
+
 Wanted = set[tuple[Table, Hashable, Hashable]]
 
 
@@ -149,6 +283,8 @@ class IdentityIndex:
         self._lead = ip_lead_ns
         self._max_objects = max_objects
         self._lock = threading.Lock()
+        # Keep the attributes below 30: past that CPython 3.11 stops sharing instance dict keys and
+        # every attribute read in `resolve` gets slower (measured +10 % per resolution).
         # address tables: key -> spans of holders
         self._pod_ips = Table("pod_ips")  # ip -> pod state (one holder at a time)
         self._host_ports = Table("host_ports")  # (ip, port) -> pod state
@@ -158,6 +294,8 @@ class IdentityIndex:
         self._members_by_ip = Table("members_by_ip")  # ip -> (ns, service, "ns/service", ports)
         self._members_by_service = Table("members_by_service")  # (ns, service) -> (ip, ports)
         self._node_ips = Table("node_ips")  # ip -> node state
+        self._targets = Table("endpoint_targets")  # ip -> _Target: a pod an endpoint names (per source)
+        self._pod_cidrs = _PodCidrs()  # nodes' pod CIDRs -> node state
         self._owners = Table("owners")  # (kind, ns, name) -> its controller OwnerRef or None
         self._shared = SharedFields()  # labels and owner refs shared by replicas
         self._host_hints: dict[str, str] = {}  # host IP -> node name, from pods (no time: nodes stay)
@@ -323,7 +461,8 @@ class IdentityIndex:
         """Sizes and counters, for the worker's stats message and for tests."""
         with self._lock:
             skipped = {k[8:]: v for k, v in self._counts.items() if k.startswith("skipped.")}
-            other = {k: v for k, v in self._counts.items() if not k.startswith("skipped.")}
+            ignored = {k[8:]: v for k, v in self._counts.items() if k.startswith("ignored.")}
+            other = {k: v for k, v in self._counts.items() if not k.startswith(("skipped.", "ignored."))}
             return {
                 "pods": len(self._pods),
                 "services": len(self._services),
@@ -331,12 +470,16 @@ class IdentityIndex:
                 "owners": len(self._owner_objs),
                 "nodes": len(self._nodes),
                 "addresses": len(self._pod_ips) + len(self._service_ips) + len(self._node_ips),
+                "endpoint_targets": len(self._targets),
+                "pod_cidrs": len(self._pod_cidrs),
                 "containers": len(self._containers),
                 "history": len(self._history),
                 "history_pruned": self._history.pruned,
                 "history_evicted": self._history.evicted,
                 "skipped": skipped,
                 "skipped_total": sum(skipped.values()),
+                "ignored": ignored,  # malformed references dropped from usable objects, per kind.field
+                "ignored_total": sum(ignored.values()),
                 "counts": other,
                 "internal_errors": self._counts["internal_errors"],
             }
@@ -416,10 +559,12 @@ class IdentityIndex:
         if event == DELETED:
             self._delete(self._sources, key, info.uid, kind, ts)
             return key
+        self._count_ignored(kind, info.ignored)
         st, first = self._upsert(self._sources, key, info, kind, ts)
         service = (info.namespace, info.service)
         ref = f"{info.namespace}/{info.service}"
         values: dict[int, tuple[str, str, str, tuple[EndpointPort, ...]]] = {}  # one per ports tuple
+        targets = dict(info.targets)
         wanted: Wanted = set()
         for member in info.members:  # the (ip, ports) tuples themselves: no copies per address
             ip, ports = member
@@ -428,6 +573,9 @@ class IdentityIndex:
                 value = values[id(ports)] = (info.namespace, info.service, ref, ports)
             wanted.add((self._members_by_ip, ip, value))
             wanted.add((self._members_by_service, service, member))
+            target = targets.get(ip)
+            if target is not None:
+                wanted.add((self._targets, ip, _Target(target, ports)))
         self._sync(st, wanted, ts, _first_start(first, info.created_ns, ts))
         return key
 
@@ -451,10 +599,17 @@ class IdentityIndex:
         if event == DELETED:
             self._delete(self._nodes, key, info.uid, kind, ts)
             return key
+        self._count_ignored(kind, info.ignored)
         st, first = self._upsert(self._nodes, key, info, kind, ts)
         wanted: Wanted = {(self._node_ips, ip, st) for ip in info.ips}
+        wanted.update((self._pod_cidrs.table(v, plen), prefix, st) for v, plen, prefix in info.pod_cidrs)
         self._sync(st, wanted, ts, _first_start(first, info.created_ns, ts))
+        self._pod_cidrs.added(info.pod_cidrs)
         return key
+
+    def _count_ignored(self, kind: str, ignored: Ignored) -> None:
+        for field, n in ignored:  # field names are the parsers' own, never the object's text
+            self._counts[f"ignored.{kind}.{field}"] += n
 
     # -- state bookkeeping (lock held) ---------------------------------------------------------------
 
@@ -523,6 +678,13 @@ class IdentityIndex:
 
     def _open(self, table: Table, key: Hashable, value: Any, start: int, ts: int) -> Span:
         start = min(start, ts)
+        if table is self._targets:
+            # Several sources may list one address at once, but a source first seen (its range
+            # starting at its creation) must not claim it from before another pod's listing ended.
+            for s in table.all(key):
+                if s.end is not None and s.end > start and s.value.ref != value.ref:
+                    start = min(s.end, ts)
+            return table.open(key, value, start)
         if table is not self._pod_ips:
             return table.open(key, value, start)
         # A pod IP has one holder at a time: never start before the previous holder let go, and
@@ -553,6 +715,7 @@ class IdentityIndex:
         n = self._history.prune(self._now)
         if n:
             self._owner_gen += 1  # an owner may be gone: cached workloads must be recomputed
+            self._pod_cidrs.refresh()  # a range may be gone, and with it its prefix length
         return n
 
     # -- questions (lock held) -----------------------------------------------------------------------
@@ -576,13 +739,20 @@ class IdentityIndex:
             if span is not None:
                 return self._pod_identity(span.value, ip, port, ts, "host-port")
         node = self._node_at(ip, ts)
+        if ip in self._targets.spans:  # tested here: a method call would cost every other address
+            span = self._target_at(ip, port, ts, node is not None)
+            if span is not None:
+                return self._endpoint_identity(span.value, ip, port, ts)
         services = self._service_ips.covering(ip, ts)
         if services:
             serving = [s for s in services if port in s.value.info.port_set]
             if serving or node is None:  # an externalIP on a node IP is the service on its ports only
                 return self._service_identity(serving or services, "service", None)
         if node is None:
-            return None
+            if not self._pod_cidrs.lens:
+                return None
+            cidr_node = self._pod_cidrs.node_at(ip, ts)
+            return None if cidr_node is None else Identity("pod-cidr", node=cidr_node)
         if port is not None:
             services = self._node_ports.covering(port, ts)
             if services:
@@ -595,6 +765,47 @@ class IdentityIndex:
             name: str = span.value.info.name
             return name
         return self._host_hints.get(ip)
+
+    def _target_at(self, ip: str, port: int | None, ts: int, node_ip: bool) -> Span | None:
+        """The endpoint pod holding ``ip`` at ``ts``. A node IP is shared by the node and all its
+        hostNetwork pods, so there only an endpoint listed for ``port`` is that pod (and no
+        ip_lead applies: the node held the address before)."""
+        if not node_ip:
+            return self._targets.at(ip, ts, self._lead)
+        best: Span | None = None
+        for s in self._targets.covering(ip, ts):
+            if _serves(s.value.ports, port) and (best is None or s.start > best.start):
+                best = s
+        return best
+
+    def _endpoint_identity(self, target: _Target, ip: str, port: int | None, ts: int) -> Identity:
+        ref = target.ref
+        service, services = self._services_of(ip, port, ts, ref.namespace)
+        return Identity(
+            "endpoint",
+            pod=ref.name,
+            namespace=ref.namespace,
+            workload=self._target_workload(target),
+            service=service,
+            services=services,
+            node=ref.node,
+            pod_uid=ref.uid,
+        )
+
+    def _target_workload(self, target: _Target) -> str | None:
+        """The workload of a pod known only by name: the first of `_owner_candidates` the index
+        holds an owner object for (live, or ended within the history), climbed as a pod's own
+        controller is; else None."""
+        if target.wl_gen == self._owner_gen:
+            return target.wl
+        ref = target.ref
+        wl: str | None = None
+        for kind, owner in _owner_candidates(ref.name):
+            if self._owners.latest((kind, ref.namespace, owner)) is not None:
+                wl = self._controller_workload(kind, owner, ref.namespace, None)
+                break
+        target.wl, target.wl_gen = wl, self._owner_gen
+        return wl
 
     def _service_identity(self, spans: list[Span], kind: str, node: str | None) -> Identity:
         if len(spans) == 1:
@@ -651,19 +862,25 @@ class IdentityIndex:
         if ref is None or ref.kind == "Node":  # a bare pod, or a static pod mirrored by its kubelet
             wl = f"Pod/{info.name}"
         else:
-            wl = f"{ref.kind}/{ref.name}"
-            if ref.kind in _CLIMB:
-                span = self._owners.latest((ref.kind, info.namespace, ref.name))
-                if span is not None:
-                    above: OwnerRef | None = span.value
-                    if above is not None:
-                        wl = f"{above.kind}/{above.name}"
-                elif ref.kind == "ReplicaSet" and _deployment_made(ref.name, info.template_hash):
-                    # ReplicaSet not (yet) seen: only the Deployment controller sets pod-template-hash
-                    # and names its ReplicaSets <deployment>-<hash>
-                    cut = len(ref.name) - len(info.template_hash or "") - 1
-                    wl = f"Deployment/{ref.name[:cut]}"
+            wl = self._controller_workload(ref.kind, ref.name, info.namespace, info.template_hash)
         st.wl, st.wl_for, st.wl_gen = wl, st.info, self._owner_gen
+        return wl
+
+    def _controller_workload(self, kind: str, name: str, namespace: str, template_hash: str | None) -> str:
+        """``Kind/name`` of the workload a pod's controller ``kind/name`` belongs to, climbing
+        ReplicaSet -> Deployment and Job -> CronJob through the owners on record."""
+        wl = f"{kind}/{name}"
+        if kind in _CLIMB:
+            span = self._owners.latest((kind, namespace, name))
+            if span is not None:
+                above: OwnerRef | None = span.value
+                if above is not None:
+                    wl = f"{above.kind}/{above.name}"
+            elif kind == "ReplicaSet" and _deployment_made(name, template_hash):
+                # ReplicaSet not (yet) seen: only the Deployment controller sets pod-template-hash
+                # and names its ReplicaSets <deployment>-<hash>
+                cut = len(name) - len(template_hash or "") - 1
+                wl = f"Deployment/{name[:cut]}"
         return wl
 
     def _by_container(self, container: str) -> Identity | None:
@@ -716,6 +933,34 @@ def _deployment_made(replicaset: str, template_hash: str | None) -> bool:
         return False
     suffix = f"-{template_hash}"
     return len(replicaset) > len(suffix) and replicaset.endswith(suffix)
+
+
+def _owner_candidates(pod: str) -> list[tuple[str, str]]:
+    """The (kind, name) owners a pod's name could have been generated from, in the order to try.
+
+    The suffix's shape decides first: 5 characters of the random alphabet -> ReplicaSet, DaemonSet,
+    then Job, each named by the rest of the name (then, for an Indexed Job's pod
+    ``<job>-<index>-<random>``, that Job); an ordinal (decimal, no leading zero) -> StatefulSet. A
+    suffix of both shapes (5 digits of the alphabet: one random suffix in a thousand, or an ordinal
+    past 20,000) tries the random-suffix kinds first. The API server cuts owner names past 57
+    characters in their pods' names: such pods match nothing and get no workload.
+    """
+    prefix, dash, suffix = pod.rpartition("-")
+    if not dash or not prefix:
+        return []
+    out: list[tuple[str, str]] = []
+    if len(suffix) == 5 and not suffix.strip(_RAND_ALPHABET):
+        out.extend((kind, prefix) for kind in _RAND_KINDS)
+        job, dash, index = prefix.rpartition("-")
+        if dash and job and _is_ordinal(index):
+            out.append(("Job", job))
+    if _is_ordinal(suffix):
+        out.append(("StatefulSet", prefix))
+    return out
+
+
+def _is_ordinal(text: str) -> bool:
+    return text.isascii() and text.isdigit() and (text == "0" or text[0] != "0")
 
 
 def _serves(ports: tuple[EndpointPort, ...], port: int | None) -> bool:

@@ -10,11 +10,18 @@ Objects come from the network, so each parser is defensive: a field of the wrong
 absent, lists and strings are capped (a hostile or corrupt object cannot make the index grow without
 bound), and an object that cannot name itself (no name, no namespace where one is required) raises
 `BadObject`, which the index counts and skips. Nothing here raises anything else for any JSON value.
+The fields that name *other* objects or address ranges (an endpoint's targetRef and node, a Node's
+pod CIDRs) are checked against the API's own syntax, because the index hands them out as identity;
+a malformed one is dropped and reported in the record's ``ignored`` (field, count) pairs for the
+index to count.
 """
 
 from __future__ import annotations
 
+import collections
 import datetime
+import ipaddress
+import re
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,6 +39,10 @@ MAX_IPS = 16  # podIPs/clusterIPs hold at most 2 (dual stack); node addresses a 
 MAX_PORTS = 256
 MAX_CONTAINERS = 64
 MAX_ADDRESSES = 5000  # Endpoints are truncated at 1000 addresses by the API; slices hold 100
+MAX_NAMESPACE = 63  # namespaces are DNS labels
+# The widest pod CIDR a node may claim. Controllers hand out /24 (IPv4) and /64 (IPv6) by default and
+# a single-node cluster may take a /16; a "0.0.0.0/0" would name that node for every address.
+MIN_POD_CIDR_PREFIX = {4: 8, 6: 32}
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 
@@ -118,6 +129,27 @@ class ServiceInfo:
     port_set: frozenset[int]  # the service ports, for a quick "does it serve this port"
 
 
+@dataclass(frozen=True, slots=True)
+class PodRef:
+    """A pod as an endpoint's ``targetRef`` names it: all the index knows of a pod on another node.
+
+    `node` is the endpoint's ``nodeName`` (v1beta1 slices: its ``kubernetes.io/hostname`` topology
+    label, which is the node name wherever the kubelet's hostname is not overridden).
+    """
+
+    namespace: str
+    name: str
+    uid: str | None
+    node: str | None
+
+
+# (IP version, prefix length, the network's top prefix-length bits as an int): a pod CIDR in the form
+# the index looks addresses up by (an address shifted right by its host bits).
+PodCidr = tuple[int, int, int]
+
+# (field, how many values of it were dropped as malformed): see the module docstring.
+Ignored = tuple[tuple[str, int], ...]
+
 # (name, port): a port of an endpoint as Endpoints/EndpointSlices list it. The name is the service
 # port's name (empty for a single-port service); port None means "every port" (slices allow that).
 EndpointPort = tuple[str, int | None]
@@ -133,6 +165,8 @@ class EndpointsInfo:
     created_ns: int | None
     service: str  # the service's name: the Endpoints name, or the slice's service-name label
     members: tuple[tuple[str, tuple[EndpointPort, ...]], ...]  # (ip, its ports), ready or not
+    targets: tuple[tuple[str, PodRef], ...] = ()  # (ip, its pod) for the members a Pod targetRef names
+    ignored: Ignored = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +186,8 @@ class NodeInfo:
     uid: str | None
     created_ns: int | None
     ips: tuple[str, ...]  # InternalIP and ExternalIP addresses
+    pod_cidrs: tuple[PodCidr, ...] = ()  # spec.podCIDRs (else spec.podCIDR)
+    ignored: Ignored = ()
 
 
 # --- field access that never raises -----------------------------------------------------------------
@@ -262,6 +298,91 @@ def _controller(meta: dict[str, Any]) -> OwnerRef | None:
 def _address_list(entries: Any, key: str) -> tuple[str, ...]:
     """IPs from ``[{key: ip}, ...]`` (podIPs, hostIPs, addresses...)."""
     return _unique((_ip(_dict(e).get(key)) for e in _list(entries, MAX_IPS)), MAX_IPS)
+
+
+# DNS-1123 names, as the API server validates them: pod and node names are subdomains, namespaces
+# labels. Anything else in a reference is not a name Kubernetes could have written.
+_SUBDOMAIN = re.compile(r"[a-z0-9](?:[-a-z0-9.]*[a-z0-9])?")
+_LABEL = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?")
+_UID = re.compile(r"[0-9A-Za-z](?:[-0-9A-Za-z_.]*[0-9A-Za-z])?")
+
+
+def _name(value: Any, pattern: re.Pattern[str], cap: int) -> str | None:
+    """``value`` when it is a well-formed name within ``cap`` characters (interned), else None."""
+    if isinstance(value, str) and 0 < len(value) <= cap and pattern.fullmatch(value):
+        return sys.intern(value)
+    return None
+
+
+class _Drops:
+    """Counts of malformed values dropped while parsing one object, by field (fixed names only)."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def add(self, field: str) -> None:
+        self.counts[field] += 1
+
+    def result(self) -> Ignored:
+        return tuple(self.counts.items())
+
+
+def _pod_target(ref: Any, namespace: str, node: Any, node_field: str, drops: _Drops) -> PodRef | None:
+    """The pod an endpoint address's ``targetRef`` names (only ``kind: Pod``), with its node.
+
+    No targetRef (an address outside the cluster) and references to other kinds are not errors;
+    a reference that is not an object, or a Pod reference whose name or namespace is not a valid
+    name, is dropped and counted. A malformed uid or node name only loses that field (counted).
+    """
+    if ref is None:
+        return None
+    if not isinstance(ref, dict):
+        drops.add("targetRef")
+        return None
+    kind = ref.get("kind")
+    if kind != "Pod":
+        if not isinstance(kind, str):
+            drops.add("targetRef")
+        return None
+    name = _name(ref.get("name"), _SUBDOMAIN, MAX_NAME)
+    if name is None:
+        drops.add("targetRef.name")
+        return None
+    ns_raw = ref.get("namespace")
+    ns = namespace  # the API may leave it out for a pod of the object's own namespace
+    if ns_raw is not None and ns_raw != "":
+        valid = _name(ns_raw, _LABEL, MAX_NAMESPACE)
+        if valid is None:
+            drops.add("targetRef.namespace")
+            return None
+        ns = valid
+    uid_raw = ref.get("uid")
+    uid = _name(uid_raw, _UID, 64)
+    if uid is None and uid_raw is not None and uid_raw != "":
+        drops.add("targetRef.uid")
+    node_name = _name(node, _SUBDOMAIN, MAX_NAME)
+    if node_name is None and node is not None and node != "":
+        drops.add(node_field)
+    return PodRef(ns, name, uid, node_name)
+
+
+def _pod_cidr(value: Any) -> PodCidr | None:
+    """``"10.244.1.0/24"`` (or IPv6) as a `PodCidr`; None for anything malformed or too wide.
+
+    Host bits are masked off (the API server accepts ``10.244.1.7/24`` as the same range).
+    """
+    if not isinstance(value, str) or not 0 < len(value) <= 64 or "/" not in value or "%" in value:
+        return None
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+    except (ValueError, TypeError):
+        return None
+    if net.prefixlen < MIN_POD_CIDR_PREFIX[net.version]:
+        return None
+    host_bits = net.max_prefixlen - net.prefixlen
+    return (net.version, net.prefixlen, int(net.network_address) >> host_bits)
 
 
 # --- kinds ------------------------------------------------------------------------------------------
@@ -410,32 +531,59 @@ def parse_endpoints(obj: Any) -> EndpointsInfo:
     """core/v1 Endpoints: named after its service; ``subsets`` of addresses sharing ports."""
     _, namespace, name, uid, created = _meta(obj, namespaced=True)
     members: dict[str, tuple[EndpointPort, ...]] = {}
+    targets: dict[str, PodRef] = {}
+    drops = _Drops()
     for subset in _list(obj.get("subsets"), MAX_ADDRESSES):
         subset = _dict(subset)
         ports = _endpoint_ports(subset.get("ports"), slice_shape=False)
         for field in ("addresses", "notReadyAddresses"):
             for a in _list(subset.get(field), MAX_ADDRESSES):
-                ip = _ip(_dict(a).get("ip"))
-                if ip is not None and len(members) < MAX_ADDRESSES:
-                    members[ip] = _merge_ports(members.get(ip), ports)
-    return EndpointsInfo(namespace, name, uid, created, name, tuple(members.items()))
+                a = _dict(a)
+                ip = _ip(a.get("ip"))
+                if ip is None or (ip not in members and len(members) >= MAX_ADDRESSES):
+                    continue
+                members[ip] = _merge_ports(members.get(ip), ports)
+                if ip not in targets:  # one address in several subsets (ports) names one pod
+                    target = _pod_target(a.get("targetRef"), namespace, a.get("nodeName"), "nodeName", drops)
+                    if target is not None:
+                        targets[ip] = target
+    return EndpointsInfo(
+        namespace, name, uid, created, name, tuple(members.items()), tuple(targets.items()), drops.result()
+    )
 
 
 def parse_endpoint_slice(obj: Any) -> EndpointsInfo:
-    """discovery.k8s.io v1 or v1beta1 EndpointSlice (the shapes agree on everything used here)."""
+    """discovery.k8s.io v1 or v1beta1 EndpointSlice (the shapes agree on everything used here but
+    the node: v1 has ``nodeName``, v1beta1 the ``kubernetes.io/hostname`` topology label)."""
     meta, namespace, name, uid, created = _meta(obj, namespaced=True)
     service = _str(_dict(meta.get("labels")).get("kubernetes.io/service-name"))
     if service is None:
         raise BadObject("no kubernetes.io/service-name label")
     ports = _endpoint_ports(obj.get("ports"), slice_shape=True)
     members: dict[str, tuple[EndpointPort, ...]] = {}
+    targets: dict[str, PodRef] = {}
+    drops = _Drops()
     if obj.get("addressType") in (None, "IPv4", "IPv6"):  # FQDN slices name hosts, not addresses
         for e in _list(obj.get("endpoints"), MAX_ADDRESSES):
-            for raw in _list(_dict(e).get("addresses"), MAX_IPS):
+            e = _dict(e)
+            target: PodRef | None = None
+            looked = False
+            for raw in _list(e.get("addresses"), MAX_IPS):
                 ip = _ip(raw)
-                if ip is not None and len(members) < MAX_ADDRESSES:
-                    members[ip] = ports
-    return EndpointsInfo(namespace, name, uid, created, service, tuple(members.items()))
+                if ip is None or (ip not in members and len(members) >= MAX_ADDRESSES):
+                    continue
+                members[ip] = ports
+                if not looked:  # parsed once per endpoint: its addresses are one pod's
+                    looked = True
+                    node, field = e.get("nodeName"), "nodeName"
+                    if node is None:
+                        node, field = _dict(e.get("topology")).get("kubernetes.io/hostname"), "topology"
+                    target = _pod_target(e.get("targetRef"), namespace, node, field, drops)
+                if target is not None and ip not in targets:
+                    targets[ip] = target
+    return EndpointsInfo(
+        namespace, name, uid, created, service, tuple(members.items()), tuple(targets.items()), drops.result()
+    )
 
 
 def _merge_ports(
@@ -462,4 +610,18 @@ def parse_node(obj: Any) -> NodeInfo:
         ),
         MAX_IPS,
     )
-    return NodeInfo(name, uid, created, ips)
+    spec = _dict(obj.get("spec"))
+    drops = _Drops()
+    raw = spec.get("podCIDRs")  # dual stack: one per family; podCIDR is its first entry
+    if raw is None:
+        raw = [] if spec.get("podCIDR") in (None, "") else [spec.get("podCIDR")]
+    elif not isinstance(raw, list):
+        drops.add("podCIDR")
+    cidrs: list[PodCidr] = []
+    for value in _list(raw, MAX_IPS):
+        cidr = _pod_cidr(value)
+        if cidr is None:
+            drops.add("podCIDR")
+        elif cidr not in cidrs:
+            cidrs.append(cidr)
+    return NodeInfo(name, uid, created, ips, tuple(cidrs), drops.result())

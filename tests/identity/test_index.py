@@ -804,8 +804,16 @@ KEYS = st.sampled_from(
         "ip",
         "address",
         "type",
+        "targetRef",
+        "nodeName",
+        "topology",
+        "kubernetes.io/hostname",
+        "podCIDR",
+        "podCIDRs",
     ]
 )
+REMOTE = {"ip": "10.9.1.1", "nodeName": NODE_B, "targetRef": {"kind": "Pod", "name": "r-x2kqz", "uid": "u"}}
+REMOTE_V1 = {"addresses": ["10.9.1.1"], "nodeName": NODE_B, "targetRef": REMOTE["targetRef"]}
 VALID = [
     ("Pod", pod("v", ip="10.9.0.1", ports=[{"containerPort": 80, "hostPort": 80}], container_ids={"app": f"containerd://{cid(5)}"})),
     ("Pod", pod("h", ip=NODE_A_IP, host_network=True, ports=[{"containerPort": 9100}])),
@@ -815,6 +823,10 @@ VALID = [
     ("ReplicaSet", replicaset("r", "d")),
     ("Job", workload("Job", "j", owner=owner_ref("CronJob", "c", "u"))),
     ("Node", node(NODE_A, NODE_A_IP)),
+    # a remote pod (no Pod object) named by its endpoint, and a node's pod CIDRs
+    ("Endpoints", {**endpoints("r", [], []), "subsets": [{"addresses": [REMOTE], "ports": [{"port": 80}]}]}),
+    ("EndpointSlice", {**endpoint_slice("r-1", "r", [], [("", 80)], v1=True), "endpoints": [REMOTE_V1]}),
+    ("Node", {**node(NODE_B, NODE_B_IP), "spec": {"podCIDRs": ["10.9.1.0/24", "fd00:9::/64"]}}),
 ]  # fmt: skip
 
 
@@ -852,7 +864,12 @@ def _mutate(obj: Any, path: list[str], value: Any) -> Any:
         max_size=25,
     ),
     probes=st.lists(
-        st.tuples(st.sampled_from(["10.9.0.1", NODE_A_IP, "10.96.9.1", "1.2.3.4", "x"]), st.integers(0, 130))
+        st.tuples(
+            st.sampled_from(
+                ["10.9.0.1", NODE_A_IP, "10.96.9.1", "1.2.3.4", "x", "10.9.1.1", "10.9.1.7", "fd00:9::1"]
+            ),
+            st.integers(0, 130),
+        )
     ),
 )
 def test_hostile_event_streams_never_raise(events: list[Any], probes: list[tuple[str, int]]) -> None:
@@ -872,7 +889,9 @@ def test_hostile_event_streams_never_raise(events: list[Any], probes: list[tuple
     for ip, sec in probes:
         for port in (None, 80, 9100, 30001):
             ident = index.resolve(ip, port, T0 + sec * S)
-            assert ident is None or ident.kind in {"pod", "host-port", "service", "node-port", "node"}
+            assert ident is None or ident.kind in {
+                "pod", "host-port", "endpoint", "service", "node-port", "node", "pod-cidr"
+            }  # fmt: skip
     call = Call(
         protocol="http",
         src=Endpoint(ip="10.9.0.1", port=1, container=cid(5)),
@@ -884,6 +903,7 @@ def test_hostile_event_streams_never_raise(events: list[Any], probes: list[tuple
     stats = index.stats()
     assert stats["internal_errors"] == 0
     assert len(stats["skipped"]) <= 12 * len(KINDS)  # hostile names do not become counter keys
+    assert len(stats["ignored"]) <= 8 * len(KINDS)
 
 
 def test_concurrent_feeding_and_resolving() -> None:
