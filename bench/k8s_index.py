@@ -16,7 +16,12 @@ Measured, in one process, with `capture.k8s.index.IdentityIndex`:
   ClusterIP, 5 % node IP and DaemonSet port, 5 % node IP and an ephemeral port, 5 % unknown),
   timed in batches of 10,000; the median batch divided by its size is the µs per call;
 - **tag**: `tag(call)` of calls from pods to ClusterIPs (two resolutions, Endpoint fields filled),
-  on fresh Call objects each batch, timed the same way.
+  on fresh Call objects each batch, timed the same way;
+- **worker view**: what one node's worker holds with its default watches (capture.k8s.cluster:
+  its own node's pods, every Service, Endpoints, owner and Node): memory, and the same address mix
+  resolved there, where most pod IPs are on other nodes and are named from the Endpoints'
+  targetRefs (kind "endpoint"), and a mix of addresses in other nodes' pod CIDRs that no service
+  lists (kind "pod-cidr": the node only).
 
 History lines compare with the previous run (`Nx previous`). Wall-clock figures depend on how busy
 the machine is; the load average at start is recorded.
@@ -88,8 +93,14 @@ def service_ip(d: int) -> str:
     return f"10.96.{(d + 1) // 256}.{(d + 1) % 256}"
 
 
-def cluster(pods_only: bool = False) -> Iterator[Obj]:
-    """The synthetic cluster's objects, in list order: nodes, owners, pods, services, endpoints."""
+def pod_cidr(n: int) -> str:
+    """Node n's pod CIDR for pods that back no service (the Deployments' pods use `pod_ip`)."""
+    return f"10.250.{n}.0/24"
+
+
+def cluster(pods_only: bool = False, view: str | None = None) -> Iterator[Obj]:
+    """The synthetic cluster's objects, in list order: nodes, owners, pods, services, endpoints.
+    `view`: only that node's pods (a worker's default watch); everything else stays."""
     rnd = random.Random(9)
     if not pods_only:
         for n in range(NODES):
@@ -105,6 +116,7 @@ def cluster(pods_only: bool = False) -> Iterator[Obj]:
                         ],
                         "capacity": {"cpu": "8", "memory": "32Gi", "pods": "110"},
                     },
+                    "spec": {"podCIDR": pod_cidr(n), "podCIDRs": [pod_cidr(n)]},
                 },
             )
     i = 0
@@ -123,15 +135,14 @@ def cluster(pods_only: bool = False) -> Iterator[Obj]:
             }
             yield ("Deployment", {"metadata": _meta(dep, ns, f"dep-{d}"), "spec": {"replicas": REPLICAS}})
             yield ("ReplicaSet", {"metadata": _meta(rs, ns, f"rs-{d}", ownerReferences=[owner]), "spec": {}})
-        ips = []
+        members = []
         for _ in range(REPLICAS):
-            name = f"{rs}-{rnd.getrandbits(25):05x}"
+            name = f"{rs}-{_rand_suffix(rnd)}"
             ip = pod_ip(i)
-            ips.append(ip)
-            yield (
-                "Pod",
-                _pod(name, ns, f"pod-uid-{i}", ip, f"node-{i % NODES:03d}", node_ip(i % NODES), rs, d, i),
-            )
+            node = f"node-{i % NODES:03d}"
+            members.append((ip, name, f"pod-uid-{i}", node))
+            if view is None or node == view:
+                yield ("Pod", _pod(name, ns, f"pod-uid-{i}", ip, node, node_ip(i % NODES), rs, d, i))
             i += 1
         if not pods_only:
             ports = [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]
@@ -143,13 +154,22 @@ def cluster(pods_only: bool = False) -> Iterator[Obj]:
                 },
             )
             subset = {
-                "addresses": [{"ip": ip, "targetRef": {"kind": "Pod", "namespace": ns}} for ip in ips],
+                "addresses": [
+                    {
+                        "ip": ip,
+                        "nodeName": node,
+                        "targetRef": {"kind": "Pod", "namespace": ns, "name": name, "uid": uid},
+                    }
+                    for ip, name, uid, node in members
+                ],
                 "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
             }
             yield ("Endpoints", {"metadata": _meta(dep, ns, f"ep-uid-{d}"), "subsets": [subset]})
     if not pods_only:
         for n in range(NODES):
             node = f"node-{n:03d}"
+            if view is not None and node != view:
+                continue
             ds = {
                 "apiVersion": "apps/v1",
                 "kind": "DaemonSet",
@@ -166,6 +186,11 @@ def cluster(pods_only: bool = False) -> Iterator[Obj]:
                 {"containerPort": 9100, "hostPort": 9100, "protocol": "TCP"}
             ]
             yield ("Pod", obj)
+
+
+def _rand_suffix(rnd: random.Random) -> str:
+    """A generated pod-name suffix: 5 characters of Kubernetes' random alphabet (no vowels)."""
+    return "".join(rnd.choice("bcdfghjklmnpqrstvwxz2456789") for _ in range(5))
 
 
 def _pod(
@@ -229,12 +254,12 @@ def build(objs: list[Obj]) -> IdentityIndex:
     return index
 
 
-def traced_bytes(pods_only: bool) -> tuple[int, IdentityIndex]:
+def traced_bytes(pods_only: bool, view: str | None = None) -> tuple[int, IdentityIndex]:
     """Bytes the index keeps once the API objects it was fed are gone."""
     gc.collect()
     tracemalloc.start()
     try:
-        objs = list(cluster(pods_only))
+        objs = list(cluster(pods_only, view))
         index = build(objs)
         del objs
         gc.collect()
@@ -261,6 +286,12 @@ def queries(n: int) -> list[tuple[str, int | None]]:
         else:
             out.append((f"192.168.{rnd.randrange(256)}.{rnd.randrange(256)}", 443))
     return out
+
+
+def cidr_queries(n: int) -> list[tuple[str, int | None]]:
+    """Addresses in other nodes' pod CIDRs that no Service lists (pods with no service)."""
+    rnd = random.Random(4)
+    return [(f"10.250.{rnd.randrange(1, NODES)}.{rnd.randrange(2, 255)}", 8080) for _ in range(n)]
 
 
 def time_resolve(index: IdentityIndex, qs: list[tuple[str, int | None]]) -> list[float]:
@@ -336,7 +367,32 @@ def measure(runs: int = 3, log: Log = print) -> dict[str, Any]:
     full_bytes, _ = traced_bytes(pods_only=False)
     pods_bytes, _ = traced_bytes(pods_only=True)
     log(f"bench: memory {full_bytes / 2**20:.1f} MiB (cluster), {pods_bytes / 2**20:.1f} MiB (pods alone)")
+    view = "node-000"
+    view_bytes, view_index = traced_bytes(pods_only=False, view=view)
+    vstats = view_index.stats()
+    if vstats["skipped_total"] or vstats["internal_errors"] or vstats.get("ignored_total"):
+        raise RuntimeError(f"the worker view was not fully applied: {vstats}")
+    ts = T0 + 60 * S
+    kinds_seen: dict[str, int] = {}
+    for ip, port in qs[:BATCH]:
+        ident = view_index.resolve(ip, port, ts)
+        key = ident.kind if ident is not None else "unknown"
+        kinds_seen[key] = kinds_seen.get(key, 0) + 1
+    cq = cidr_queries(BATCH * BATCHES)
+    cidr_named = sum(1 for ip, port in cq[:BATCH] if (x := view_index.resolve(ip, port, ts)) and x.node)
+    view_resolve: list[float] = []
+    view_cidr: list[float] = []
+    for r in range(runs):
+        view_resolve += time_resolve(view_index, qs)
+        view_cidr += time_resolve(view_index, cq)
+        log(f"bench: worker view run {r + 1}/{runs}: {statistics.median(view_resolve) * 1e6:.2f} µs/call")
     return {
+        "view_bytes": view_bytes,
+        "view_pods": vstats["pods"],
+        "view_resolve": view_resolve,
+        "view_cidr": view_cidr,
+        "view_kinds": kinds_seen,
+        "cidr_named": cidr_named,
         "kinds": kinds,
         "build": builds,
         "resolve": resolve_times,
@@ -374,6 +430,8 @@ def run(previous: str | None = None, runs: int = 3, regen: bool = False, log: Lo
     build_s = statistics.median(res["build"])
     resolve_us = statistics.median(res["resolve"]) * 1e6
     tag_us = statistics.median(res["tag"]) * 1e6
+    view_us = statistics.median(res["view_resolve"]) * 1e6
+    cidr_us = statistics.median(res["view_cidr"]) * 1e6
     full_mib = res["full_bytes"] / 2**20
     pods_mib = res["pods_bytes"] / 2**20
     all_pods = kinds["Pod"]
@@ -401,6 +459,15 @@ def run(previous: str | None = None, runs: int = 3, regen: bool = False, log: Lo
             f"({res['pods_bytes'] / pods:,.0f} bytes per pod)",
         ),
         (
+            "worker view",
+            f"one node's default watches (its {res['view_pods']:,} pods, every Service, Endpoints, owner "
+            f"and Node): **{res['view_bytes'] / 2**20:.1f} MiB**; the same address mix resolves in "
+            f"**{view_us:.2f} µs per call**, the first {BATCH:,} as "
+            + ", ".join(f"{n:,} {k}" for k, n in sorted(res["view_kinds"].items()))
+            + f"; an address in another node's pod CIDR that no service lists (node only) "
+            f"**{cidr_us:.2f} µs** ({res['cidr_named']:,} of {BATCH:,} named a node)",
+        ),
+        (
             "build",
             f"{build_s:.2f} s for {n_objs:,} objects ({n_objs / build_s:,.0f} objects/s; "
             f"{build_s / n_objs * 1e6:.1f} µs per object, parsing included)",
@@ -410,7 +477,8 @@ def run(previous: str | None = None, runs: int = 3, regen: bool = False, log: Lo
         f"- {when} {podshark_revision()}: resolve {resolve_us:.2f} µs/call"
         f"{_vs(resolve_us, _previous(old, 'resolve'))}, tag {tag_us:.2f} µs/call"
         f"{_vs(tag_us, _previous(old, 'tag'))}, memory {per_10k_full:.1f} MiB per 10k pods"
-        f"{_vs(per_10k_full, _previous(old, 'memory'))}, build {build_s:.2f} s"
+        f"{_vs(per_10k_full, _previous(old, 'memory'))}, worker view {view_us:.2f} µs/call"
+        f"{_vs(view_us, _previous(old, 'worker view'))}, build {build_s:.2f} s"
         f"{_vs(build_s, _previous(old, 'build'))}"
     )
     intro = (
