@@ -58,14 +58,22 @@ def _same_frames(ours: list[Frame], theirs: list[Frame]) -> None:
 
 
 def _covered(segments: list[tuple[int, bytes]]) -> bytes:
-    """The byte stream the TCP segments (seq, payload) of one direction carry, from the lowest seq."""
-    if not segments:
+    """The byte stream the TCP segments (seq, payload) of one direction carry, from the lowest seq.
+
+    Sequence numbers wrap at 2**32 (the random initial one can sit just below it), so "lowest" is
+    measured as a signed distance from the first data segment, not by comparing raw numbers."""
+    with_data = [(seq, data) for seq, data in segments if data]
+    if not with_data:
         return b""
-    start = min(seq for seq, data in segments if data)
+    first = with_data[0][0]
+
+    def offset(seq: int) -> int:  # signed distance from `first`, modulo 2**32
+        return (seq - first + (1 << 31)) % (1 << 32) - (1 << 31)
+
+    base = min(offset(seq) for seq, _ in with_data)
     buf = bytearray()
-    for seq, data in sorted(segments):
-        off = (seq - start) % (1 << 32)
-        if data and off <= len(buf):
+    for off, data in sorted((offset(seq) - base, data) for seq, data in with_data):
+        if off <= len(buf):
             buf[off : off + len(data)] = data
     return bytes(buf)
 
@@ -80,6 +88,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+
+def test_covered_follows_sequence_numbers_across_the_wrap() -> None:
+    data = bytes(range(256)) * 40
+    start = (1 << 32) - 1000  # the stream crosses 2**32 after 1,000 bytes
+    segments = [((start + off) % (1 << 32), data[off : off + 700]) for off in range(0, len(data), 700)]
+    shuffled = segments[3:] + segments[:3]  # capture order need not be sequence order
+    assert _covered(shuffled) == data
+    assert _covered([(start, b""), *segments]) == data  # a bare ACK carries nothing
 
 
 def test_frames_equal_tcpdump_udp_tcp_http_and_gso(tmp_path: Path) -> None:
