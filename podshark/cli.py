@@ -248,6 +248,21 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--token-file", default=None, metavar="FILE", help="file holding the hub's bearer token")
     dr.add_argument("--hub-only", action="store_true", help="skip the checks of this node")
     dr.add_argument("--no-processes", action="store_true", help="skip the per-process TLS scan")
+    tp = sub.add_parser(
+        "tap",
+        help="install podshark in the cluster, port-forward its hub and open the UI",
+        description=(
+            "Renders manifests/ for the options (namespace, image, a random token kept across re-runs, "
+            "storage), applies them to the kubeconfig's context, waits for the worker DaemonSet and the "
+            "hub with progress, port-forwards the hub to localhost (restarted if it drops) and opens the "
+            "TUI. Everything stays installed afterwards: `podshark clean` removes it."
+        ),
+    )
+    from podshark import clean_cmd, tap_cmd
+
+    tap_cmd.add_arguments(tp)
+    cl = sub.add_parser("clean", help="remove what podshark tap installed")
+    clean_cmd.add_arguments(cl)
     return p
 
 
@@ -280,6 +295,8 @@ COMMANDS: dict[str, str] = {
     "local": "podshark.local_cmd",
     "demo": "podshark.demo_cmd",
     "doctor": "podshark.doctor_cmd",
+    "tap": "podshark.tap_cmd",
+    "clean": "podshark.clean_cmd",
 }
 
 

@@ -5,6 +5,7 @@
 | capture  | dissect                       |
 | hub      | dissect                       |
 | tui      | dissect                       |
+| manifests | nothing (YAML and the Dockerfile) |
 | podshark | all (lazily, inside commands) |
 
 `dissect` is also kept free of I/O-heavy third-party packages (sockets, asyncio, DuckDB, Textual,
@@ -19,12 +20,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-OURS = {"dissect", "capture", "hub", "tui", "podshark"}
+OURS = {"dissect", "capture", "hub", "tui", "podshark", "manifests"}
 ALLOWED = {
     "dissect": set(),
     "capture": {"dissect"},
     "hub": {"dissect"},
     "tui": {"dissect"},
+    "manifests": set(),
     "podshark": OURS,
 }
 DISSECT_FORBIDDEN = {"socket", "asyncio", "duckdb", "textual", "aiohttp", "kubernetes", "selectors"}

@@ -23,25 +23,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.identity.kube import Lab, SimKubelet, create_namespace, lab_session
+from tests.identity.kube import Lab, SimKubelet, create_namespace, lab_session, mark_lab_items
 
 HERE = Path(__file__).resolve().parent
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if HERE not in Path(str(item.path)).resolve().parents:
-            continue
-        if "kube" not in getattr(item, "fixturenames", ()):
-            continue  # sans-IO tests (test_index.py) run with the main suite
-        for name in ("k8slab", "root", "slow"):
-            if item.get_closest_marker(name) is None:
-                item.add_marker(name)
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group("identity"))
-        if item.get_closest_marker("timeout") is None:
-            item.add_marker(pytest.mark.timeout(300, func_only=True))
+    mark_lab_items(items, HERE)
 
 
 @pytest.fixture(scope="session")

@@ -52,6 +52,26 @@ class LabError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------ lab lifecycle
+def mark_lab_items(items: list[Any], directory: Path) -> None:
+    """Mark the tests under `directory` that use the lab (the `kube` fixture, directly or through
+    others): ``k8slab`` (make test's own phase), ``root``, ``slow``, ``xdist_group("identity")``
+    (one worker, one lab) and a 300 s timeout of the test body only (the first `up` may build)."""
+    import pytest
+
+    for item in items:
+        if directory not in Path(str(item.path)).resolve().parents:
+            continue
+        if "kube" not in getattr(item, "fixturenames", ()):
+            continue  # sans-IO tests run with the main suite
+        for name in ("k8slab", "root", "slow"):
+            if item.get_closest_marker(name) is None:
+                item.add_marker(name)
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group("identity"))
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(300, func_only=True))
+
+
 def lab_dir() -> Path:
     """K8S_LAB_DIR, or a stable default so the long build is cached between runs on one machine."""
     return Path(os.environ.get("K8S_LAB_DIR") or DEFAULT_LAB_DIR)

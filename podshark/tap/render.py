@@ -1,0 +1,161 @@
+"""The manifests, rendered with `podshark tap`'s options: one list of API objects, one YAML text.
+
+The files in manifests/ are the source (`kubectl apply -k manifests/` installs them as they are);
+rendering changes only what the options name, on plain dicts, so the YAML a user reads with
+`--dry-run` is exactly what gets applied:
+
+* the namespace: every namespaced object, the Namespace itself, the binding's subject and the
+  workers' hub URL (`podshark-hub.<ns>.svc`); the cluster-scoped ClusterRole and binding are named
+  `podshark-worker-<ns>` so two installations in two namespaces do not overwrite each other's;
+* the image of every container;
+* the token in the Secret;
+* the hub's storage: a PersistentVolumeClaim (`pvc`, needs a storage provisioner) or a hostPath
+  directory on the node the hub runs on (`hostpath`, for clusters without one; an init container
+  hands the directory to the hub's user, since fsGroup does not apply to hostPath volumes);
+* a `podshark.io/tap` label on every object, which `podshark clean` deletes by.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+Obj = dict[str, Any]
+
+DEFAULT_NAMESPACE = "podshark"
+DEFAULT_IMAGE = "ghcr.io/podshark/podshark:0.1.0"
+MANAGED_LABEL = "podshark.io/tap"  # value: the namespace; `podshark clean` selects by it
+HUB_PORT = 8898
+HOSTPATH_DIR = "/var/lib/podshark-hub"
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume"}
+STORAGE = ("pvc", "hostpath")
+
+
+class RenderError(Exception):
+    """The manifests or the options cannot be rendered; the message says why."""
+
+
+@dataclass
+class TapOptions:
+    namespace: str = DEFAULT_NAMESPACE
+    image: str = DEFAULT_IMAGE
+    token: str = ""
+    storage: str = "pvc"
+    storage_size: str = "20Gi"
+    worker_args: list[str] = field(default_factory=list)  # appended to the worker's arguments
+
+
+def manifests_dir() -> Path:
+    """Where the manifests are: the `manifests` package (installed or in the repository)."""
+    try:
+        from manifests import DIR
+    except ImportError:  # an editable install made before manifests/ was a package
+        return Path(__file__).resolve().parents[2] / "manifests"
+    return DIR
+
+
+def load(directory: Path | None = None) -> list[Obj]:
+    """The objects of every file kustomization.yaml lists, in its order."""
+    directory = directory or manifests_dir()
+    try:
+        kust = yaml.safe_load((directory / "kustomization.yaml").read_text())
+        docs: list[Obj] = []
+        for name in kust["resources"]:
+            docs += [d for d in yaml.safe_load_all((directory / name).read_text()) if d]
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as e:
+        raise RenderError(f"cannot read the manifests in {directory}: {e}") from e
+    return docs
+
+
+def render(opts: TapOptions, docs: Iterable[Obj] | None = None) -> list[Obj]:
+    """The objects `podshark tap` applies for `opts` (see the module docstring)."""
+    if opts.storage not in STORAGE:
+        raise RenderError(f"--storage must be one of {', '.join(STORAGE)}, not {opts.storage!r}")
+    if not _dns_label(opts.namespace):
+        raise RenderError(
+            f"{opts.namespace!r} is not a valid namespace name (lowercase letters, digits and '-', "
+            "at most 63 characters)"
+        )
+    ns = opts.namespace
+    out: list[Obj] = []
+    for src in load() if docs is None else docs:
+        obj = copy.deepcopy(src)
+        kind = obj.get("kind")
+        md = obj.setdefault("metadata", {})
+        md.setdefault("labels", {})[MANAGED_LABEL] = ns
+        if kind == "Namespace":
+            md["name"] = ns
+        elif kind in ("ClusterRole", "ClusterRoleBinding"):
+            md["name"] = f"{md['name']}-{ns}"
+        else:
+            md["namespace"] = ns
+        if kind == "ClusterRoleBinding":
+            obj["roleRef"]["name"] = f"{obj['roleRef']['name']}-{ns}"
+            for subject in obj.get("subjects", []):
+                subject["namespace"] = ns
+        if kind == "Secret" and md.get("name") == "podshark-token":
+            obj["stringData"] = {"token": opts.token}
+        if kind == "PersistentVolumeClaim":
+            if opts.storage != "pvc":
+                continue
+            obj["spec"]["resources"]["requests"]["storage"] = opts.storage_size
+        spec = _pod_spec(obj)
+        if spec is not None:
+            for c in spec.get("containers", []) + spec.get("initContainers", []):
+                c["image"] = opts.image
+                c["args"] = [_hub_url(a, ns) for a in c.get("args", [])]
+            if kind == "DaemonSet" and md.get("name") == "podshark-worker":
+                spec["containers"][0]["args"] += opts.worker_args
+            if kind == "Deployment" and md.get("name") == "podshark-hub" and opts.storage == "hostpath":
+                _hostpath_storage(spec, opts.image)
+        out.append(obj)
+    return out
+
+
+def to_yaml(objs: Iterable[Obj]) -> str:
+    """Multi-document YAML, in apply order."""
+    return "".join("---\n" + yaml.safe_dump(o, sort_keys=False, default_flow_style=False) for o in objs)
+
+
+def _pod_spec(obj: Obj) -> Obj | None:
+    if obj.get("kind") in ("Deployment", "DaemonSet", "StatefulSet"):
+        spec: Obj = obj["spec"]["template"]["spec"]
+        return spec
+    return None
+
+
+def _hub_url(arg: str, ns: str) -> str:
+    if arg.startswith("--hub="):
+        return f"--hub=http://podshark-hub.{ns}.svc:{HUB_PORT}"
+    return arg
+
+
+def _hostpath_storage(spec: Obj, image: str) -> None:
+    for v in spec["volumes"]:
+        if v["name"] == "data":
+            v.pop("persistentVolumeClaim", None)
+            v["hostPath"] = {"path": HOSTPATH_DIR, "type": "DirectoryOrCreate"}
+    user = spec.get("securityContext", {}).get("runAsUser", 10001)
+    spec["initContainers"] = [
+        {
+            "name": "data-owner",
+            "image": image,
+            "command": ["chown", f"{user}:{user}", "/data"],
+            "securityContext": {"runAsUser": 0, "runAsNonRoot": False, "capabilities": {"add": ["CHOWN"]}},
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+        }
+    ]
+
+
+def _dns_label(name: str) -> bool:
+    return (
+        0 < len(name) <= 63
+        and name[0].isalnum()
+        and name[-1].isalnum()
+        and all(c.islower() or c.isdigit() or c == "-" for c in name)
+    )

@@ -1,0 +1,126 @@
+"""`podshark tap`: install podshark in the current cluster, wait for it, port-forward the hub, open the TUI.
+
+    podshark tap                                  # namespace podshark, kubeconfig's current context
+    podshark tap --dry-run > podshark.yaml        # the manifests (Secret with a fresh token included)
+    podshark tap --context prod --namespace ops-podshark --storage hostpath --no-ui
+
+Exit codes: 0 after the UI (or, with --no-ui, Ctrl-C) ends; 1 when the cluster refused or the
+rollout did not finish; 2 for bad options or an unusable kubeconfig. Everything stays installed
+when tap exits: `podshark clean` removes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import signal
+import sys
+import threading
+
+EXIT_FAIL = 1
+EXIT_INPUT = 2
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from podshark.tap.render import DEFAULT_IMAGE, DEFAULT_NAMESPACE, STORAGE
+
+    p.add_argument("--namespace", "-n", default=DEFAULT_NAMESPACE, help=f"default {DEFAULT_NAMESPACE}")
+    p.add_argument("--context", default=None, metavar="CTX", help="kubeconfig context (default: current)")
+    p.add_argument(
+        "--kubeconfig", default=None, metavar="PATH", help="default: $KUBECONFIG, else ~/.kube/config"
+    )
+    p.add_argument(
+        "--image", default=DEFAULT_IMAGE, metavar="IMG", help=f"worker and hub image ({DEFAULT_IMAGE})"
+    )
+    p.add_argument(
+        "--storage",
+        choices=STORAGE,
+        default="pvc",
+        help="the hub's store: a PersistentVolumeClaim (default; needs a storage provisioner) or a "
+        "hostPath directory on the hub's node (clusters without one; lost if the hub moves)",
+    )
+    p.add_argument("--storage-size", default="20Gi", metavar="SIZE", help="PVC size (default 20Gi)")
+    p.add_argument(
+        "--worker-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for every worker, e.g. --worker-arg=--k8s-pods=cluster (repeatable)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the manifests as YAML and change nothing")
+    p.add_argument(
+        "--server-dry-run",
+        action="store_true",
+        help="send everything to the API server with dryRun=All (validation and admission, nothing stored)",
+    )
+    p.add_argument("--timeout", type=float, default=300.0, metavar="S", help="rollout wait (default 300 s)")
+    p.add_argument(
+        "--port", type=int, default=None, metavar="N", help="local port for the hub (default: free)"
+    )
+    p.add_argument("--no-ui", action="store_true", help="print the hub URL and token, forward until Ctrl-C")
+
+
+def run(args: argparse.Namespace) -> int:
+    from podshark.tap.forward import ForwardError, PortForward
+    from podshark.tap.kube import TapError, api_client, apply, existing_token, wait_rollout
+    from podshark.tap.render import RenderError, TapOptions, render, to_yaml
+
+    def say(text: str) -> None:
+        print(f"podshark tap: {text}", file=sys.stderr, flush=True)
+
+    opts = TapOptions(
+        namespace=args.namespace,
+        image=args.image,
+        storage=args.storage,
+        storage_size=args.storage_size,
+        worker_args=list(args.worker_arg),
+    )
+    if args.dry_run:
+        opts.token = secrets.token_urlsafe(32)
+        try:
+            sys.stdout.write(to_yaml(render(opts)))
+        except RenderError as e:
+            print(f"podshark: error: {e}", file=sys.stderr)
+            return EXIT_INPUT
+        return 0
+    try:
+        api = api_client(args.kubeconfig, args.context)
+        opts.token = existing_token(api, opts.namespace) or secrets.token_urlsafe(32)
+        objs = render(opts)
+    except (TapError, RenderError) as e:
+        print(f"podshark: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+    where = f"{api.configuration.host}" + (f" (context {args.context})" if args.context else "")
+    say(f"{'checking' if args.server_dry_run else 'installing'} in namespace {opts.namespace} at {where}")
+    try:
+        apply(api, objs, dry_run=args.server_dry_run, progress=lambda line: say(line))
+        if args.server_dry_run:
+            say("the API server accepted every object; nothing was stored")
+            return 0
+        wait_rollout(api, opts.namespace, args.timeout, progress=lambda line: say(line))
+    except TapError as e:
+        print(f"podshark: error: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    try:
+        forward = PortForward(
+            opts.namespace, local_port=args.port, kubeconfig=args.kubeconfig, context=args.context
+        ).start()
+    except ForwardError as e:
+        print(f"podshark: error: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    say(f"hub forwarded to {forward.url}; remove everything with: podshark clean -n {opts.namespace}")
+    try:
+        if args.no_ui:
+            print(f"hub:   {forward.url}\ntoken: {opts.token}", flush=True)
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            try:
+                stop.wait()
+            except KeyboardInterrupt:
+                pass
+            return 0
+        from tui.app import run_app
+
+        return run_app(forward.url, opts.token, whole_history=False)
+    finally:
+        forward.stop()

@@ -1,0 +1,156 @@
+"""`podshark tap`'s manifests: what `--dry-run` prints, what the API server accepts, what `clean` removes.
+
+The RBAC rules are compared with what the identity watcher actually lists and watches
+(`capture.k8s.watch`'s resources), so a kind added there without its grant, or a grant left
+behind, fails here. Against the lab (a real v1.20 API server): a server-side dry run of every
+object, a real apply whose ServiceAccount can do exactly what identity needs (`kubectl auth
+can-i`), a second tap that keeps the token, and `podshark clean`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+import pytest
+import yaml
+
+from capture.k8s.watch import _CANDIDATES
+from tests.capture.test_worker import PODSHARK
+from tests.hub.test_service import REPO
+from tests.identity.kube import Lab, create_namespace, wait_for
+
+KINDS = ["Namespace", "ServiceAccount", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Secret",
+         "DaemonSet", "PersistentVolumeClaim", "Deployment", "Service"]  # fmt: skip
+
+
+def tap(
+    *args: str, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(
+        [PODSHARK, "tap", *args], cwd=REPO, capture_output=True, text=True, timeout=120, env=env, check=False
+    )
+    if check:
+        assert r.returncode == 0, (r.returncode, r.stderr[-3000:])
+    return r
+
+
+def dry_run(*args: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(tap("--dry-run", *args).stdout) if d]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (doc,) = [d for d in docs if d["kind"] == kind]
+    return doc
+
+
+def test_dry_run_prints_every_object_in_the_chosen_namespace_with_a_fresh_token() -> None:
+    docs = dry_run("--namespace", "ops-x", "--image", "registry.example/podshark:9")
+    assert [d["kind"] for d in docs] == KINDS
+    for d in docs:
+        assert d["metadata"]["labels"]["podshark.io/tap"] == "ops-x"
+        if d["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
+            assert d["metadata"]["namespace"] == "ops-x", d["kind"]
+    assert by_kind(docs, "Namespace")["metadata"]["name"] == "ops-x"
+    binding = by_kind(docs, "ClusterRoleBinding")
+    assert binding["metadata"]["name"] == binding["roleRef"]["name"] == "podshark-worker-ops-x"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "podshark-worker", "namespace": "ops-x"}
+    ]
+    worker = by_kind(docs, "DaemonSet")["spec"]["template"]["spec"]
+    hub = by_kind(docs, "Deployment")["spec"]["template"]["spec"]
+    for spec in (worker, hub):
+        assert {c["image"] for c in spec["containers"]} == {"registry.example/podshark:9"}
+    assert "--hub=http://podshark-hub.ops-x.svc:8898" in worker["containers"][0]["args"]
+    assert worker["hostNetwork"] and worker["hostPID"]
+    assert worker["containers"][0]["securityContext"]["privileged"] is False
+    token = by_kind(docs, "Secret")["stringData"]["token"]
+    again = by_kind(dry_run("--namespace", "ops-x"), "Secret")["stringData"]["token"]
+    assert len(token) >= 32 and len(again) >= 32 and token != again
+
+
+def test_hostpath_storage_replaces_the_claim() -> None:
+    docs = dry_run("--storage", "hostpath")
+    assert "PersistentVolumeClaim" not in [d["kind"] for d in docs]
+    hub = by_kind(docs, "Deployment")["spec"]["template"]["spec"]
+    (data,) = [v for v in hub["volumes"] if v["name"] == "data"]
+    assert data == {
+        "name": "data",
+        "hostPath": {"path": "/var/lib/podshark-hub", "type": "DirectoryOrCreate"},
+    }
+    assert hub["initContainers"][0]["command"] == ["chown", "10001:10001", "/data"]
+
+
+def test_rbac_grants_exactly_what_the_identity_watches_need() -> None:
+    rules = by_kind(dry_run(), "ClusterRole")["rules"]
+    granted = {
+        (g, r, v)
+        for rule in rules
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+    needed = {(group, plural, verb) for cands in _CANDIDATES.values() for _, group, _, plural in cands
+              for verb in ("list", "watch")}  # fmt: skip
+    needed.add(("", "nodes", "get"))  # the startup check that --node names a real node
+    assert needed <= granted, needed - granted
+    assert {v for _, _, v in granted} == {"get", "list", "watch"}  # reads only
+    assert {(g, r) for g, r, _ in granted} == {(g, r) for g, r, _ in needed}  # no other resource
+
+
+def test_bad_options_say_what_is_wrong() -> None:
+    r = tap("--dry-run", "--namespace", "Not_Valid", check=False)
+    assert r.returncode == 2 and "not a valid namespace name" in r.stderr
+    r = tap("--kubeconfig", "/nonexistent/kubeconfig", check=False)
+    assert r.returncode == 2 and "no usable kubeconfig" in r.stderr and "--kubeconfig" in r.stderr
+
+
+@pytest.mark.timeout(300)
+def test_server_dry_run_apply_rbac_token_kept_and_clean(kube: Lab) -> None:
+    ns = create_namespace(kube, "t-tap")  # a server dry run cannot create the namespace it validates in
+    kc = ["--kubeconfig", str(kube.kubeconfig), "--namespace", ns]
+    try:
+        r = tap("--server-dry-run", *kc)
+        assert r.stderr.count("(server dry run)") == len(KINDS), r.stderr
+        assert kube.get_or_none("clusterrole", f"podshark-worker-{ns}") is None  # nothing stored
+        assert kube.get_or_none("-n", ns, "secret", "podshark-token") is None
+
+        # a real apply: tap waits for a rollout that cannot happen here (no node runs pods), so it
+        # gives up after its --timeout, naming the state
+        r = tap(*kc, "--timeout", "3", "--no-ui", check=False)
+        assert r.returncode == 1 and "not ready after 3s" in r.stderr, r.stderr[-2000:]
+        for kind in ("daemonset/podshark-worker", "deployment/podshark-hub", "service/podshark-hub",
+                     "persistentvolumeclaim/podshark-hub-data", "secret/podshark-token"):  # fmt: skip
+            assert kube.get_or_none("-n", ns, kind) is not None, kind
+        sa = f"system:serviceaccount:{ns}:podshark-worker"
+        for verb, what, allowed in (
+            ("watch", "pods", "yes"), ("list", "endpoints", "yes"), ("watch", "replicasets.apps", "yes"),
+            ("list", "cronjobs.batch", "yes"), ("get", "nodes", "yes"),
+            ("create", "pods", "no"), ("get", "secrets", "no"), ("delete", "pods", "no"),
+        ):  # fmt: skip
+            out = kube.kubectl("auth", "can-i", verb, what, "--as", sa, check=False).stdout.strip()
+            assert out == allowed, (verb, what, out)
+        token = kube.get("-n", ns, "secret", "podshark-token")["data"]["token"]
+        tap(*kc, "--timeout", "1", "--no-ui", check=False)  # re-run: the same token, not a new one
+        assert kube.get("-n", ns, "secret", "podshark-token")["data"]["token"] == token
+    finally:
+        clean = subprocess.run(
+            [PODSHARK, "clean", *kc, "--wait", "120"], cwd=REPO, capture_output=True, text=True, timeout=180,
+            check=False,
+        )  # fmt: skip
+    assert clean.returncode == 0, clean.stderr
+    assert (
+        f"deleted clusterrole/podshark-worker-{ns}" in clean.stderr
+        and f"deleted namespace/{ns}" in clean.stderr
+    )
+    wait_for(lambda: kube.get_or_none("namespace", ns) is None, what=f"namespace {ns} gone")
+    assert kube.get_or_none("clusterrolebinding", f"podshark-worker-{ns}") is None
+    again = subprocess.run(
+        [PODSHARK, "clean", *kc, "--wait", "0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert again.returncode == 0 and "nothing of podshark" in again.stderr
