@@ -401,3 +401,36 @@ def http1_transactions(
 ) -> Counter[Transaction]:
     """The multiset of (method, target, status) tshark sees in `path` (interim 1xx included)."""
     return http1_oracle(path, decode_as=decode_as, override_prefs=override_prefs).transactions
+
+
+# ---------------------------------------------------------------------- TCP resends, as tshark sees them
+
+Connection = frozenset[tuple[str, int]]
+RESEND_ANALYSES = ("retransmission", "fast_retransmission", "spurious_retransmission")
+
+
+def resent_connections(path: Path) -> set[Connection]:
+    """The TCP connections ({(ip, port), (ip, port)}) in which tshark's TCP analysis finds a resend.
+
+    Real traffic on a loaded machine is sometimes resent (a tail loss probe fires when an ACK is
+    late), and podshark then rightly flags the call `retransmission`; tests of real traffic expect
+    that flag exactly where tshark sees a resend, instead of demanding clean TCP."""
+    assert TSHARK is not None, "tshark is not installed"
+    flt = " or ".join(f"tcp.analysis.{k}" for k in RESEND_ANALYSES)
+    fields = ("ip.src", "ipv6.src", "tcp.srcport", "ip.dst", "ipv6.dst", "tcp.dstport")
+    out = subprocess.run(
+        [TSHARK, "-r", str(path), "-Y", flt, "-T", "fields", "-E", "separator=,",
+         *(arg for f in fields for arg in ("-e", f))],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout  # fmt: skip
+    found: set[Connection] = set()
+    for line in out.splitlines():
+        src4, src6, sport, dst4, dst6, dport = line.split(",")[:6]
+        found.add(frozenset({(src4 or src6, int(sport)), (dst4 or dst6, int(dport))}))
+    return found
+
+
+def resend_flags(call: Any, resent: set[Connection]) -> set[str]:
+    """{"retransmission"} when tshark saw a resend in `call`'s connection, else nothing."""
+    key = frozenset({(call.src.ip, call.src.port), (call.dst.ip, call.dst.port)})
+    return {"retransmission"} if key in resent else set()
