@@ -16,6 +16,7 @@ import secrets
 import signal
 import sys
 import threading
+from pathlib import Path
 
 EXIT_FAIL = 1
 EXIT_INPUT = 2
@@ -47,6 +48,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="ARG",
         help="extra argument for every worker, e.g. --worker-arg=--k8s-pods=cluster (repeatable)",
     )
+    p.add_argument(
+        "--patch",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="YAML of partial objects (kind, metadata.name and what to change) merged into the manifests "
+        "by name, like a strategic merge patch; e.g. imagePullSecrets, nodeSelector, resources (repeatable)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the manifests as YAML and change nothing")
     p.add_argument(
         "--server-dry-run",
@@ -63,7 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from podshark.tap.forward import ForwardError, PortForward
     from podshark.tap.kube import TapError, api_client, apply, existing_token, wait_rollout
-    from podshark.tap.render import RenderError, TapOptions, render, to_yaml
+    from podshark.tap.render import RenderError, TapOptions, load_patches, render, to_yaml
 
     def say(text: str) -> None:
         print(f"podshark tap: {text}", file=sys.stderr, flush=True)
@@ -75,6 +85,12 @@ def run(args: argparse.Namespace) -> int:
         storage_size=args.storage_size,
         worker_args=list(args.worker_arg),
     )
+    try:
+        for path in args.patch:
+            opts.patches += load_patches(path)
+    except RenderError as e:
+        print(f"podshark: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
     if args.dry_run:
         opts.token = secrets.token_urlsafe(32)
         try:

@@ -12,7 +12,12 @@ rendering changes only what the options name, on plain dicts, so the YAML a user
 * the hub's storage: a PersistentVolumeClaim (`pvc`, needs a storage provisioner) or a hostPath
   directory on the node the hub runs on (`hostpath`, for clusters without one; an init container
   hands the directory to the hub's user, since fsGroup does not apply to hostPath volumes);
-* a `podshark.io/tap` label on every object, which `podshark clean` deletes by.
+* a `podshark.io/tap` label on every object, which `podshark clean` deletes by;
+* `--patch FILE`: partial objects (multi-document YAML) merged into the object of the same kind and
+  name, the way a strategic merge patch does for the common cases: mappings merge, lists of
+  mappings that have a `name` (containers, env, volumes, volumeMounts, ports) merge item by name,
+  other lists and scalars are replaced, and `null` removes a key. For what the options do not
+  cover: a private registry's imagePullSecrets, node selectors, resources, a dev cluster's quirks.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class TapOptions:
     storage: str = "pvc"
     storage_size: str = "20Gi"
     worker_args: list[str] = field(default_factory=list)  # appended to the worker's arguments
+    patches: list[Obj] = field(default_factory=list)  # merged last (see the module docstring)
 
 
 def manifests_dir() -> Path:
@@ -114,7 +120,55 @@ def render(opts: TapOptions, docs: Iterable[Obj] | None = None) -> list[Obj]:
             if kind == "Deployment" and md.get("name") == "podshark-hub" and opts.storage == "hostpath":
                 _hostpath_storage(spec, opts.image)
         out.append(obj)
+    for patch in opts.patches:
+        kind, name = patch.get("kind"), (patch.get("metadata") or {}).get("name")
+        targets = [o for o in out if o["kind"] == kind and o["metadata"]["name"] in (name, f"{name}-{ns}")]
+        if not targets:
+            have = ", ".join(f"{o['kind']}/{o['metadata']['name']}" for o in out)
+            raise RenderError(f"--patch names {kind}/{name}, which is not among the manifests ({have})")
+        body = {k: v for k, v in patch.items() if k not in ("apiVersion", "kind")}
+        body.get("metadata", {}).pop("name", None)
+        merge(targets[0], body)
     return out
+
+
+def load_patches(path: Path) -> list[Obj]:
+    """The partial objects in a --patch file; RenderError if it is not YAML of named objects."""
+    try:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    except (OSError, yaml.YAMLError) as e:
+        raise RenderError(f"cannot read --patch {path}: {e}") from e
+    for d in docs:
+        if not isinstance(d, dict) or not d.get("kind") or not (d.get("metadata") or {}).get("name"):
+            raise RenderError(f"--patch {path}: every document needs kind and metadata.name")
+    return docs
+
+
+def merge(into: Obj, patch: Obj) -> None:
+    """Merge `patch` into `into` in place (see the module docstring for the rules)."""
+    for key, value in patch.items():
+        if value is None:
+            into.pop(key, None)
+        elif isinstance(value, dict) and isinstance(into.get(key), dict):
+            merge(into[key], value)
+        elif (
+            isinstance(value, list)
+            and isinstance(into.get(key), list)
+            and _named(value)
+            and _named(into[key])
+        ):
+            by_name = {item["name"]: item for item in into[key]}
+            for item in value:
+                if item["name"] in by_name:
+                    merge(by_name[item["name"]], item)
+                else:
+                    into[key].append(copy.deepcopy(item))
+        else:
+            into[key] = copy.deepcopy(value)
+
+
+def _named(items: list[Any]) -> bool:
+    return bool(items) and all(isinstance(i, dict) and "name" in i for i in items)
 
 
 def to_yaml(objs: Iterable[Obj]) -> str:

@@ -10,6 +10,7 @@ can-i`), a second tap that keeps the token, and `podshark clean`.
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -154,3 +155,30 @@ def test_server_dry_run_apply_rbac_token_kept_and_clean(kube: Lab) -> None:
         check=False,
     )
     assert again.returncode == 0 and "nothing of podshark" in again.stderr
+
+
+def test_patch_merges_by_name_and_says_what_it_cannot_find(tmp_path: Path) -> None:
+    patch = tmp_path / "patch.yaml"
+    patch.write_text(
+        "kind: DaemonSet\nmetadata: {name: podshark-worker}\nspec:\n  template:\n    spec:\n"
+        "      priorityClassName: null\n"
+        "      nodeSelector: {pool: capture}\n"
+        "      containers:\n        - name: worker\n          env: [{name: EXTRA, value: '1'}]\n"
+        "      volumes:\n        - {name: state, hostPath: {path: /srv/podshark}}\n"
+    )
+    worker = by_kind(dry_run("--patch", str(patch), "--namespace", "p1"), "DaemonSet")["spec"]["template"][
+        "spec"
+    ]
+    assert "priorityClassName" not in worker and worker["nodeSelector"] == {"pool": "capture"}
+    env = worker["containers"][0]["env"]
+    assert [e["name"] for e in env] == ["NODE_NAME", "EXTRA"]  # merged by name, the original kept
+    (state,) = [v for v in worker["volumes"] if v["name"] == "state"]
+    assert state["hostPath"] == {"path": "/srv/podshark", "type": "DirectoryOrCreate"}
+    assert [v["name"] for v in worker["volumes"]] == ["state", "token"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: Deployment\nmetadata: {name: nope}\n")
+    r = tap("--dry-run", "--patch", str(bad), check=False)
+    assert r.returncode == 2 and "Deployment/nope, which is not among the manifests" in r.stderr
+    bad.write_text("just: text\n")
+    r = tap("--dry-run", "--patch", str(bad), check=False)
+    assert r.returncode == 2 and "needs kind and metadata.name" in r.stderr
