@@ -171,15 +171,35 @@ def pod_problems(api: Any, namespace: str) -> list[str]:
         for cs in (st.init_container_statuses or []) + (st.container_statuses or []):
             waiting = cs.state.waiting if cs.state else None
             if waiting is not None and waiting.reason:
-                reasons.append(
-                    f"{cs.name}: {waiting.reason}" + (f" ({waiting.message})" if waiting.message else "")
-                )
+                why = f"{cs.name}: {waiting.reason}"
+                if waiting.reason == "CrashLoopBackOff":  # how and why the last run ended says more
+                    ended = cs.last_state.terminated if cs.last_state else None
+                    if ended is not None and (ended.message or ended.reason):
+                        detail = " ".join(x for x in (ended.reason, ended.message) if x)
+                        why += f", last exit {ended.exit_code}: {detail}"
+                    why += f", last log: {_last_log(api, namespace, pod.metadata.name, cs.name)}"
+                elif waiting.message:
+                    why += f" ({waiting.message})"
+                reasons.append(why)
         for cond in st.conditions or []:
             if cond.type == "PodScheduled" and cond.status != "True" and cond.message:
                 reasons.append(f"not scheduled: {cond.message}")
         if reasons:
             out.append(f"{pod.metadata.name}: " + ", ".join(reasons))
     return out
+
+
+def _last_log(api: Any, namespace: str, pod: str, container: str, lines: int = 6) -> str:
+    """The last lines the previous run of a crashing container wrote, on one line."""
+    from kubernetes import client
+
+    try:
+        text = client.CoreV1Api(api).read_namespaced_pod_log(
+            pod, namespace, container=container, previous=True, tail_lines=lines
+        )
+    except Exception as e:
+        return f"(unavailable: {_reason(e)})"
+    return " | ".join(x.strip() for x in str(text).splitlines() if x.strip())[-1500:] or "(empty)"
 
 
 def clean(api: Any, namespace: str, *, wait: float = 0.0, progress: Progress | None = None) -> list[str]:
