@@ -122,11 +122,26 @@ async def get_call(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """The process answers (liveness)."""
+    return web.json_response({"ok": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """The hub can take calls (readiness): 503 with the reason while its last commit failed (a store
+    directory it cannot write, a full disk), so the calls workers send are not acknowledged and stay
+    in their spools until it can."""
+    from hub.ingest import WRITER_KEY
+
+    writer = request.app.get(WRITER_KEY)
+    error = getattr(writer, "store_error", None)
+    if error:
+        return web.json_response({"ok": False, "error": f"the store cannot commit: {error}"}, status=503)
     return web.json_response({"ok": True})
 
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/v1/calls", list_calls)
     # ids hold a slash (`<capture sha>/<index>`, `<node>/<ULID>`): match the rest of the path
     app.router.add_get("/api/v1/calls/{id:.+}", get_call)

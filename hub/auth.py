@@ -1,4 +1,4 @@
-"""Bearer-token auth for the hub: every endpoint but /healthz needs `Authorization: Bearer <token>`.
+"""Bearer-token auth for the hub: every endpoint but /healthz and /readyz needs a bearer token.
 
 The token comes from `PODSHARK_TOKEN` or a token file (`--token-file`), for the hub and for every
 client command alike (`token_from`). Without a token the hub refuses to start, unless it listens on
@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 TOKEN_ENV = "PODSHARK_TOKEN"
-OPEN_PATHS = frozenset({"/healthz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -134,6 +134,9 @@ class Writer:
         self._room = asyncio.Event()
         self._room.set()
         self._last_enforce = time.monotonic()
+        # why the last commit failed, until one succeeds: /readyz reports it (hub/api.py), so an
+        # orchestrator stops sending traffic to a hub that cannot store, and says why
+        self.store_error: str | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="hub-writer")
@@ -217,8 +220,10 @@ class Writer:
                 new = await loop.run_in_executor(None, self.store.add_packets, frames, time.time_ns())
                 self.stats.packets_stored += new
             self.stats.commits += 1
+            self.store_error = None
         except Exception as e:
             self.stats.commit_errors += 1
+            self.store_error = " ".join(str(e).split())[:500] or type(e).__name__
             log.exception("store.add failed")
             for p in batch:
                 p.conn.send({"type": "error", "seq": p.seq, "error": f"not stored: {e}"})

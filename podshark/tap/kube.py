@@ -181,12 +181,20 @@ def pod_problems(api: Any, namespace: str) -> list[str]:
                 elif waiting.message:
                     why += f" ({waiting.message})"
                 reasons.append(why)
+            running = cs.state.running if cs.state else None
+            if running is not None and not cs.ready and cs.name in _probed(pod):
+                reasons.append(f"{cs.name}: running but not ready (its readiness probe fails)")
         for cond in st.conditions or []:
             if cond.type == "PodScheduled" and cond.status != "True" and cond.message:
                 reasons.append(f"not scheduled: {cond.message}")
         if reasons:
             out.append(f"{pod.metadata.name}: " + ", ".join(reasons))
     return out
+
+
+def _probed(pod: Any) -> set[str]:
+    """Names of the pod's containers that have a readiness probe."""
+    return {c.name for c in (pod.spec.containers or []) if c.readiness_probe is not None}
 
 
 def _last_log(api: Any, namespace: str, pod: str, container: str, lines: int = 6) -> str:
