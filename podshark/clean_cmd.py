@@ -11,13 +11,9 @@ EXIT_INPUT = 2
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from podshark.tap.render import DEFAULT_NAMESPACE
+    from podshark.tap_cmd import add_cluster_options
 
-    p.add_argument("--namespace", "-n", default=DEFAULT_NAMESPACE, help=f"default {DEFAULT_NAMESPACE}")
-    p.add_argument("--context", default=None, metavar="CTX", help="kubeconfig context (default: current)")
-    p.add_argument(
-        "--kubeconfig", default=None, metavar="PATH", help="default: $KUBECONFIG, else ~/.kube/config"
-    )
+    add_cluster_options(p)
     p.add_argument(
         "--wait", type=float, default=120.0, metavar="S", help="wait for the namespace to go (0: don't)"
     )

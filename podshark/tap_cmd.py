@@ -22,14 +22,21 @@ EXIT_FAIL = 1
 EXIT_INPUT = 2
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from podshark.tap.render import DEFAULT_IMAGE, DEFAULT_NAMESPACE, STORAGE
+def add_cluster_options(p: argparse.ArgumentParser) -> None:
+    """Which cluster and namespace: shared by tap and clean."""
+    from podshark.tap.render import DEFAULT_NAMESPACE
 
     p.add_argument("--namespace", "-n", default=DEFAULT_NAMESPACE, help=f"default {DEFAULT_NAMESPACE}")
     p.add_argument("--context", default=None, metavar="CTX", help="kubeconfig context (default: current)")
     p.add_argument(
         "--kubeconfig", default=None, metavar="PATH", help="default: $KUBECONFIG, else ~/.kube/config"
     )
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from podshark.tap.render import DEFAULT_IMAGE, STORAGE
+
+    add_cluster_options(p)
     p.add_argument(
         "--image", default=DEFAULT_IMAGE, metavar="IMG", help=f"worker and hub image ({DEFAULT_IMAGE})"
     )
