@@ -277,6 +277,34 @@ class Tap:
         return self.proc.returncode
 
 
+def _port_forwards(parent: int) -> list[int]:
+    """Pids of the `kubectl port-forward` processes whose parent is `parent`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and b"port-forward" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _answers(url: str, token: str) -> bool:
+    import urllib.request
+
+    req = urllib.request.Request(url + "/api/v1/calls?limit=1", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 def test_tap_on_a_real_node_shows_deployment_to_deployment_calls(node_lab: Lab, tmp_path: Path) -> None:
     lab = node_lab
     hub_port, app_port = lab.spare_port, lab.spare_port + 1
@@ -336,6 +364,14 @@ def test_tap_on_a_real_node_shows_deployment_to_deployment_calls(node_lab: Lab, 
                 }, (end, call[end])
                 assert call[end]["labels"] == pod["metadata"]["labels"], (end, call[end])
                 assert call[end]["process"], (end, call[end])
+
+        # the port-forward dies (as when the hub pod restarts or the API connection breaks): tap
+        # starts another on the same local port, so the same URL answers again
+        forwards = _port_forwards(tap.proc.pid)
+        assert len(forwards) == 1, forwards
+        os.kill(forwards[0], signal.SIGKILL)
+        wait_for(lambda: _port_forwards(tap.proc.pid) not in ([], forwards), what="a new port-forward")
+        assert wait_for(lambda: _answers(url, token), timeout=60, what=f"{url} to answer again")
         assert tap.stop() == 0
     finally:
         tap.stop()
