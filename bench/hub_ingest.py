@@ -31,7 +31,7 @@ from pathlib import Path
 
 from bench.http1_dissect import machine, podshark_revision
 from bench.hub_calls import TOKEN, HubProcess, realistic_calls
-from bench.report import history_lines, keep, render_section
+from bench.report import history_lines, keep, previous_figure, render_section, vs_previous
 from dissect.model import Call
 from hub.store import SECOND, Store
 
@@ -206,20 +206,8 @@ def _verdict(value: float, target: float) -> str:
     return f"target ≥ {target:,.0f}: {'met' if value >= target else 'NOT met'}"
 
 
-def _previous(old: list[str], label: str) -> float | None:
-    """The last figure `label N` in the history lines (e.g. "store 61,234")."""
-    for line in reversed(old):
-        _, sep, tail = line.partition(f"{label} ")
-        if sep:
-            try:
-                return float(tail.split()[0].rstrip(",;").replace(",", ""))
-            except (ValueError, IndexError):
-                continue
-    return None
-
-
-def _vs(value: float, prev: float | None) -> str:
-    return f" ({value / prev:.2f}x previous)" if prev else " (first measurement)"
+def _vs(value: float, old: list[str], label: str) -> str:
+    return vs_previous(value, previous_figure(old, label), first=" (first measurement)")
 
 
 def render(store: StoreResult, e2e: E2EResult, when: str, revision: str, previous: str | None) -> str:
@@ -260,8 +248,8 @@ def render(store: StoreResult, e2e: E2EResult, when: str, revision: str, previou
         ),
     ]
     line = (
-        f"- {when} ({revision}): store {store.rate:,.0f} rows/s{_vs(store.rate, _previous(old, 'store'))}; "
-        f"end to end {e2e.rate:,.0f} calls/s{_vs(e2e.rate, _previous(old, 'end to end'))}"
+        f"- {when} ({revision}): store {store.rate:,.0f} rows/s{_vs(store.rate, old, 'store')}; "
+        f"end to end {e2e.rate:,.0f} calls/s{_vs(e2e.rate, old, 'end to end')}"
     )
     history = keep(old, line)
     return render_section(

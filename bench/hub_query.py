@@ -39,7 +39,7 @@ import duckdb
 
 from bench.http1_dissect import machine, podshark_revision
 from bench.hub_calls import REPO, HubProcess, realistic_calls
-from bench.report import history_lines, keep, render_section
+from bench.report import history_lines, keep, previous_figure, render_section, vs_previous
 from dissect.filter import parse
 from dissect.model import Call
 from hub import filter_sql, schema
@@ -322,22 +322,6 @@ def _verdict(res: SizeResult, key: str, target: float) -> str:
     return f"{_ms(got)} ms (target ≤ {target:.0f} ms: {'met' if got <= target else 'NOT met'})"
 
 
-def _previous(old: list[str], label: str) -> float | None:
-    """The last figure `label N ms` in the history lines."""
-    for line in reversed(old):
-        _, sep, tail = line.partition(f"{label} ")
-        if sep:
-            try:
-                return float(tail.split()[0].replace(",", ""))
-            except (ValueError, IndexError):
-                continue
-    return None
-
-
-def _vs(value: float, prev: float | None) -> str:
-    return f" ({value / prev:.2f}x previous)" if prev else ""
-
-
 def render(results: list[SizeResult], when: str, revision: str, samples: int, previous: str | None) -> str:
     m = machine()
     old = history_lines(previous)
@@ -376,9 +360,10 @@ def render(results: list[SizeResult], when: str, revision: str, samples: int, pr
     http_newest = big.cases["http_newest"].median
     line = (
         f"- {when} ({revision}, {_label(big.info.calls)}): newest {_ms(newest)} ms"
-        f"{_vs(newest, _previous(old, 'newest'))}; filtered {_ms(filtered)} ms"
-        f"{_vs(filtered, _previous(old, 'filtered'))}; http newest {_ms(http_newest)} ms"
-        f"{_vs(http_newest, _previous(old, 'http newest'))}; count {_ms(big.cases['count'].median)} ms"
+        f"{vs_previous(newest, previous_figure(old, 'newest'))}; filtered {_ms(filtered)} ms"
+        f"{vs_previous(filtered, previous_figure(old, 'filtered'))}; http newest {_ms(http_newest)} ms"
+        f"{vs_previous(http_newest, previous_figure(old, 'http newest'))}; "
+        f"count {_ms(big.cases['count'].median)} ms"
     )
     history = keep(old, line)
     return render_section(

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from bench.http1_dissect import machine, podshark_revision
-from bench.report import history_lines, keep, render_section
+from bench.report import history_lines, keep, previous_figure, render_section, vs_previous
 from capture.k8s.index import IdentityIndex
 from dissect.model import Call, Endpoint
 
@@ -404,22 +404,6 @@ def measure(runs: int = 3, log: Log = print) -> dict[str, Any]:
     }
 
 
-def _previous(old: list[str], label: str) -> float | None:
-    """The last ``label N`` figure in the history lines."""
-    for line in reversed(old):
-        _, sep, tail = line.partition(f"{label} ")
-        if sep:
-            try:
-                return float(tail.split()[0].replace(",", ""))
-            except (ValueError, IndexError):
-                continue
-    return None
-
-
-def _vs(value: float, prev: float | None) -> str:
-    return f" ({value / prev:.2f}x previous)" if prev else ""
-
-
 def run(previous: str | None = None, runs: int = 3, regen: bool = False, log: Log = print) -> str:
     del regen  # nothing cached: the cluster is generated in memory
     res = measure(runs=runs, log=log)
@@ -475,11 +459,11 @@ def run(previous: str | None = None, runs: int = 3, regen: bool = False, log: Lo
     ]
     summary = (
         f"- {when} {podshark_revision()}: resolve {resolve_us:.2f} µs/call"
-        f"{_vs(resolve_us, _previous(old, 'resolve'))}, tag {tag_us:.2f} µs/call"
-        f"{_vs(tag_us, _previous(old, 'tag'))}, memory {per_10k_full:.1f} MiB per 10k pods"
-        f"{_vs(per_10k_full, _previous(old, 'memory'))}, worker view {view_us:.2f} µs/call"
-        f"{_vs(view_us, _previous(old, 'worker view'))}, build {build_s:.2f} s"
-        f"{_vs(build_s, _previous(old, 'build'))}"
+        f"{vs_previous(resolve_us, previous_figure(old, 'resolve'))}, tag {tag_us:.2f} µs/call"
+        f"{vs_previous(tag_us, previous_figure(old, 'tag'))}, memory {per_10k_full:.1f} MiB per 10k pods"
+        f"{vs_previous(per_10k_full, previous_figure(old, 'memory'))}, worker view {view_us:.2f} µs/call"
+        f"{vs_previous(view_us, previous_figure(old, 'worker view'))}, build {build_s:.2f} s"
+        f"{vs_previous(build_s, previous_figure(old, 'build'))}"
     )
     intro = (
         f"`python -m bench {NAME}`. A synthetic cluster in the API's JSON shape fed to "

@@ -47,3 +47,20 @@ def render_section(
 def keep(old: Sequence[str], line: str) -> list[str]:
     """The history after this run: the old lines and `line`, the newest HISTORY_KEEP of them."""
     return [*old, line][-HISTORY_KEEP:]
+
+
+def previous_figure(old: Sequence[str], label: str) -> float | None:
+    """The last ``label N`` figure in the history lines (None when no line has one)."""
+    for line in reversed(old):
+        _, sep, tail = line.partition(f"{label} ")
+        if sep:
+            try:
+                return float(tail.split()[0].rstrip(",;").replace(",", ""))
+            except (ValueError, IndexError):
+                continue
+    return None
+
+
+def vs_previous(value: float, prev: float | None, first: str = "") -> str:
+    """`` (0.90x previous)``, or `first` when there is no previous figure."""
+    return f" ({value / prev:.2f}x previous)" if prev else first
