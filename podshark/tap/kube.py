@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from podshark.tap.render import MANAGED_LABEL, Obj
+from podshark.tap.render import Obj
 
 Progress = Callable[[str], None]
 
@@ -253,10 +253,6 @@ def clean(api: Any, namespace: str, *, wait: float = 0.0, progress: Progress | N
         else:
             raise TapError(f"namespace {namespace} still terminating after {wait:.0f}s")
     return deleted
-
-
-def managed_selector(namespace: str) -> str:
-    return f"{MANAGED_LABEL}={namespace}"
 
 
 def _reason(e: BaseException) -> str:

@@ -12,7 +12,9 @@ rendering changes only what the options name, on plain dicts, so the YAML a user
 * the hub's storage: a PersistentVolumeClaim (`pvc`, needs a storage provisioner) or a hostPath
   directory on the node the hub runs on (`hostpath`, for clusters without one; an init container
   hands the directory to the hub's user, since fsGroup does not apply to hostPath volumes);
-* a `podshark.io/tap` label on every object, which `podshark clean` deletes by;
+* a `podshark.io/tap: <namespace>` label on every object, so `kubectl get -A -l podshark.io/tap`
+  finds what tap installed (`podshark clean` deletes the namespace and the two cluster-scoped
+  objects by name);
 * `--patch FILE`: partial objects (multi-document YAML) merged into the object of the same kind and
   name, the way a strategic merge patch does for the common cases: mappings merge, lists of
   mappings that have a `name` (containers, env, volumes, volumeMounts, ports) merge item by name,
@@ -34,10 +36,9 @@ Obj = dict[str, Any]
 
 DEFAULT_NAMESPACE = "podshark"
 DEFAULT_IMAGE = "ghcr.io/podshark/podshark:0.1.0"
-MANAGED_LABEL = "podshark.io/tap"  # value: the namespace; `podshark clean` selects by it
+MANAGED_LABEL = "podshark.io/tap"  # value: the namespace
 HUB_PORT = 8898
 HOSTPATH_DIR = "/var/lib/podshark-hub"
-CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume"}
 STORAGE = ("pvc", "hostpath")
 
 
