@@ -13,12 +13,19 @@ first message boundary later, so analyzers keep looking until the window is full
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from dissect.base import Analyzer, ConnContext, Dissector, Verdict
 
+if TYPE_CHECKING:
+    from dissect.tls.keylog import KeyLog
 
-def default_analyzers() -> list[Analyzer]:
+
+def default_analyzers(keylog: KeyLog | None = None) -> list[Analyzer]:
     """Every TCP analyzer podshark ships, most specific first.
+
+    With a ``keylog``, TLS connections whose secrets it holds are decrypted and their plaintext goes
+    to the other analyzers (`dissect.tls.TLSAnalyzer`).
 
     Kafka comes before DNS: both frame messages with a length prefix, but a DNS-over-TCP stream can
     never look like a Kafka request (its first four bytes read as an absurd size), while DNS's
@@ -29,8 +36,12 @@ def default_analyzers() -> list[Analyzer]:
     from dissect.http2 import ANALYZER as HTTP2
     from dissect.kafka import ANALYZER as KAFKA
     from dissect.tls import ANALYZER as TLS
+    from dissect.tls import TLSAnalyzer
 
-    return [HTTP1, TLS, HTTP2, KAFKA, DNS]
+    if keylog is None:
+        return [HTTP1, TLS, HTTP2, KAFKA, DNS]
+    tls = TLSAnalyzer(keylog, inner=[HTTP1, HTTP2, KAFKA, DNS])
+    return [HTTP1, tls, HTTP2, KAFKA, DNS]
 
 
 def default_udp_analyzers() -> list[Analyzer]:

@@ -32,9 +32,10 @@ from dissect.fragframes import HeldFragments, frag_key
 from dissect.ipfrag import Fragments
 from dissect.model import Call, Endpoint
 from dissect.packet import IPPROTO_TCP, IPPROTO_UDP, L4, decode, ip_text
-from dissect.pcapio import CaptureReader, Packet
+from dissect.pcapio import CaptureError, CaptureReader, Packet
 from dissect.plaintext import Plaintext
 from dissect.tcp import ACK, SYN, TCPConn
+from dissect.tls.keylog import SECRETS_TYPE_TLS, KeyLog
 from dissect.udp import UDPFlow
 
 _tcp_hdr = struct.Struct("!HHIIBB").unpack_from
@@ -388,19 +389,59 @@ class Engine:
         return sum(c.buffered_bytes() for c in self.tcp.flows())
 
 
-def file_source_id(path: str | os.PathLike[str]) -> str:
-    """The id prefix of an imported capture: the first 12 hex digits of the file's sha256."""
+def file_source_id(path: str | os.PathLike[str], keylog: KeyLog | None = None) -> str:
+    """The id prefix of an imported capture: the first 12 hex digits of the file's sha256.
+
+    Dissected with a key log given apart from the file, the same capture yields other calls (the
+    decrypted ones instead of opaque ``tls`` calls), so they must not share ids with a plain import:
+    then the prefix is the sha256 of the file's digest and the key log's `KeyLog.fingerprint`.
+    Secrets inside the file (pcapng secrets blocks) are part of the file and change nothing.
+    """
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    if keylog is not None and len(keylog):
+        return hashlib.sha256(h.digest() + keylog.fingerprint()).hexdigest()[:12]
     return h.hexdigest()[:12]
 
 
-def dissect_path(path: str | os.PathLike[str], limits: Limits | None = None) -> Iterator[Call]:
-    """Every call in a capture file, in the order they complete. Raises `CaptureError` early."""
-    reader = CaptureReader(path)
-    engine = Engine(file_source_id(path), limits)
+def file_engine(
+    path: str | os.PathLike[str],
+    limits: Limits | None = None,
+    keylog: KeyLog | None = None,
+    on_frame: FrameHook | None = None,
+) -> tuple[CaptureReader, Engine, KeyLog]:
+    """A reader and an engine for a capture file, with TLS decryption wired in.
+
+    The key log (``keylog``, or an empty one) also receives the secrets of the file's pcapng
+    Decryption Secrets Blocks as the reader meets them, so a capture that carries its own keys is
+    decrypted without one. Raises `CaptureError` when the file cannot be read.
+    """
+    log = keylog if keylog is not None else KeyLog()
+
+    def secrets(kind: int, data: bytes) -> None:
+        if kind == SECRETS_TYPE_TLS:
+            log.add_text(data, source="pcapng secrets block")
+
+    reader = CaptureReader(path, on_secrets=secrets)  # the clear errors for a file that is not there
+    try:
+        source = file_source_id(path, keylog)
+    except OSError as e:
+        reader.close()
+        raise CaptureError(f"{os.fspath(path)}: cannot read ({e.strerror or e})") from None
+    engine = Engine(source, limits, analyzers=default_analyzers(log), on_frame=on_frame)
+    return reader, engine, log
+
+
+def dissect_path(
+    path: str | os.PathLike[str], limits: Limits | None = None, keylog: KeyLog | None = None
+) -> Iterator[Call]:
+    """Every call in a capture file, in the order they complete. Raises `CaptureError` early.
+
+    TLS is decrypted with ``keylog`` and with the secrets the file itself carries (pcapng).
+    """
+    reader, engine, _log = file_engine(path, limits, keylog)
     try:
         yield from engine.run(reader)
     finally:

@@ -15,7 +15,7 @@ import gzip
 import os
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -33,7 +33,10 @@ PCAP_MAGIC = {
     b"\xa1\xb2\x3c\x4d": (">", 1),
 }
 PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
-_MIN_BLOCK = {6: 32, 2: 32, 3: 16, 1: 20, 0x0A0D0D0A: 28}  # smallest valid length per block type
+_MIN_BLOCK = {6: 32, 2: 32, 3: 16, 1: 20, 0x0A0D0D0A: 28, 10: 20}  # smallest valid length per block type
+DSB = 10  # Decryption Secrets Block: (secrets type, bytes), e.g. TLS key log lines
+# (secrets type, secrets bytes) of a Decryption Secrets Block, handed over as the block is read
+SecretsHook = Callable[[int, bytes], None]
 GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -47,6 +50,7 @@ class ReadStats:
 
     packets: int = 0
     warnings: list[str] = field(default_factory=list)
+    secrets_blocks: int = 0  # pcapng Decryption Secrets Blocks met
 
 
 class _Source:
@@ -100,10 +104,15 @@ class CaptureReader:
     Errors about the file as a whole (missing, empty, not a capture, header cut) raise
     `CaptureError` from the constructor. Problems met later — a record cut at the end, a corrupt
     record — stop iteration with a warning in ``stats.warnings``; every packet before them is kept.
+
+    ``on_secrets`` receives the contents of each pcapng Decryption Secrets Block when the reader
+    passes it, before the packets that follow it (the first block is read by the constructor, so it
+    must be given here).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], on_secrets: SecretsHook | None = None) -> None:
         self.path = os.fspath(path)
+        self.on_secrets = on_secrets
         try:
             self.size = os.path.getsize(self.path)
             raw = open(self.path, "rb")  # noqa: SIM115 - owned by the reader, closed in close()
@@ -355,7 +364,19 @@ class CaptureReader:
                 lt, num, den, tsoff = ifaces[iid]
                 self.stats.packets += 1
                 yield ((hi << 32) | lo) * num // den + tsoff, lt, b[body + 20 : body + 20 + caplen], orig
+            elif btype == DSB:
+                self._secrets(b, body, body_end, endian)
             # every other block type (statistics, name resolution, custom…) carries no packets
+
+    def _secrets(self, b: bytes, body: int, body_end: int, endian: str) -> None:
+        """A Decryption Secrets Block: its secrets go to ``on_secrets`` (malformed: a warning)."""
+        self.stats.secrets_blocks += 1
+        stype, slen = struct.unpack_from(endian + "II", b, body)
+        if body + 8 + slen > body_end:
+            self._warn(f"decryption secrets block with a bad length ({slen} bytes) skipped")
+            return
+        if self.on_secrets is not None:
+            self.on_secrets(stype, bytes(b[body + 8 : body + 8 + slen]))
 
 
 def _options(b: bytes, p: int, end: int, endian: str) -> Iterator[tuple[int, bytes]]:

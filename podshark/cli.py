@@ -17,6 +17,19 @@ from podshark import __version__
 EXIT_USAGE = 2  # bad arguments or unreadable input: the message says what to do
 
 
+def add_keylog_option(p: argparse.ArgumentParser) -> None:
+    """--keylog, shared by the commands that read a capture file."""
+    p.add_argument(
+        "--keylog",
+        default=None,
+        metavar="KEYS",
+        help=(
+            "TLS key log (NSS format, as SSLKEYLOGFILE writes it) to decrypt TLS 1.2 and 1.3 sessions; "
+            "secrets a pcapng carries in Decryption Secrets Blocks are used without it"
+        ),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="podshark",
@@ -32,11 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="read a pcap/pcapng file and print its calls",
         description=(
             "Reassemble the TCP conversations of a capture (pcap or pcapng, optionally gzip-compressed) "
-            "and print one line per call: HTTP/1.x request/response pairs with status, latency and "
-            "anomaly flags. --json prints the full Call record (headers and base64 bodies) per line."
+            "and print one line per call: HTTP/1.x, HTTP/2, gRPC, DNS and Kafka request/response pairs "
+            "with status, latency and anomaly flags, and one line per TLS session (decrypted into its "
+            "calls with --keylog). --json prints the full Call record (headers and base64 bodies) per line."
         ),
     )
     d.add_argument("file", help="capture file (.pcap, .pcapng, optionally .gz)")
+    add_keylog_option(d)
     d.add_argument("--json", action="store_true", help="one Call JSON object per line (the hub API's form)")
     d.add_argument("--no-bodies", action="store_true", help="with --json: leave bodies out")
     d.add_argument(
@@ -88,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     i.add_argument("file", help="capture file (.pcap, .pcapng, optionally .gz)")
+    add_keylog_option(i)
     i.add_argument("--hub", required=True, metavar="URL", help="hub URL, e.g. http://127.0.0.1:8898")
     i.add_argument("--token-file", default=None, metavar="FILE", help="file holding the bearer token")
     i.add_argument("--batch", type=int, default=1000, metavar="N", help="calls per batch (default 1000)")
@@ -160,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     o.add_argument("file", help="capture file (.pcap, .pcapng, optionally .gz)")
+    add_keylog_option(o)
     o.add_argument("--db", type=Path, default=None, metavar="DIR", help="store directory (default: per file)")
     o.add_argument(
         "--listen",

@@ -11,25 +11,40 @@ import time
 from typing import TextIO
 
 from dissect.base import Limits
-from dissect.engine import Engine, file_source_id
+from dissect.engine import file_engine
 from dissect.model import Call
-from dissect.pcapio import CaptureError, CaptureReader
+from dissect.pcapio import CaptureError
+from dissect.tls.keylog import KeyLog, KeyLogError
 from podshark.progress import Progress
 
 EXIT_INPUT = 2
 PROGRESS_MIN_BYTES = 8 << 20
 
 
+def load_keylog(path: str | None) -> KeyLog | None:
+    """The --keylog file, or None without the option. Raises `KeyLogError` (one line to print)."""
+    if path is None:
+        return None
+    log = KeyLog.from_path(path)
+    if not len(log):
+        raise KeyLogError(
+            f"{path}: no TLS secrets in this file ({log.summary()}); a key log has lines like "
+            "'CLIENT_RANDOM <hex> <hex>', written by clients started with SSLKEYLOGFILE set"
+        )
+    return log
+
+
 def run(args: argparse.Namespace) -> int:
-    try:
-        reader = CaptureReader(args.file)
-    except CaptureError as e:
-        print(f"podshark: error: {e}", file=sys.stderr)
-        return EXIT_INPUT
     limits = Limits()
     if args.max_body is not None:
         limits.max_body = args.max_body
-    engine = Engine(file_source_id(args.file), limits)
+    try:
+        keylog = load_keylog(getattr(args, "keylog", None))
+        reader, engine, secrets = file_engine(args.file, limits, keylog)
+    except (CaptureError, KeyLogError) as e:
+        print(f"podshark: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+    tls = TlsTally()
     show = args.progress == "always" or (
         args.progress == "auto" and reader.size >= PROGRESS_MIN_BYTES and sys.stderr.isatty()
     )
@@ -45,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         for n, call in enumerate(engine.run(reader), 1):
+            tls.add(call)
             writer.write(call)
             if show and not n & 255:
                 progress.update(reader.position(), engine.packets, n)
@@ -60,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         reader.close()
     for w in reader.stats.warnings:
         print(f"podshark: warning: {w}", file=sys.stderr)
+    if len(secrets):
+        print(f"podshark: {tls.summary(secrets)}", file=sys.stderr)
     if sys.stderr.isatty() or args.progress == "always":
         took = time.monotonic() - started
         print(
@@ -67,6 +85,28 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+class TlsTally:
+    """How many TLS sessions were decrypted and why the others were not, for one closing line."""
+
+    def __init__(self) -> None:
+        self.decrypted: set[str] = set()  # flow ids
+        self.opaque: dict[str, int] = {}  # reason -> sessions
+
+    def add(self, call: Call) -> None:
+        if call.info.get("tls_source") == "keylog":
+            self.decrypted.add(call.flow_id or call.id)
+        elif call.protocol == "tls":
+            why = call.info.get("keylog") or "no keys"
+            self.opaque[why] = self.opaque.get(why, 0) + 1
+
+    def summary(self, keylog: KeyLog) -> str:
+        n = len(self.decrypted)
+        text = f"TLS: {n} session{'s' if n != 1 else ''} decrypted"
+        for why, count in sorted(self.opaque.items(), key=lambda kv: -kv[1]):
+            text += f"; {count} not: {why}"
+        return f"{text} ({keylog.summary()})"
 
 
 class JsonWriter:

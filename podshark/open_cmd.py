@@ -1,4 +1,4 @@
-"""`podshark open FILE [--db DIR] [--no-ui]`: a capture in an embedded hub, then the TUI.
+"""`podshark open FILE [--keylog KEYS] [--db DIR] [--no-ui]`: a capture in an embedded hub, then the TUI.
 
 The capture is loaded the way a user would load it into any hub: an embedded hub starts on loopback
 (hub/embedded.py: its own thread, a random port unless `--listen`, a random token unless
@@ -21,23 +21,31 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dissect.tls.keylog import KeyLog
 
 EXIT_FAIL = 1
 EXIT_INPUT = 2
 
 
-def default_db(file: str) -> Path:
+def default_db(file: str, keylog: KeyLog | None = None) -> Path:
+    """The per-capture store: named by the id its calls get, which a --keylog changes (decrypted
+    calls are other calls than the opaque TLS ones of the same file)."""
     from dissect.engine import file_source_id
     from podshark.paths import cache_dir
 
-    return cache_dir("open") / file_source_id(file)
+    return cache_dir("open") / file_source_id(file, keylog)
 
 
 def run(args: argparse.Namespace) -> int:
+    from dissect.tls.keylog import KeyLogError
     from hub.auth import AuthError, token_from
     from hub.embedded import EmbeddedHub
     from podshark import import_cmd
     from podshark.cli import build_parser
+    from podshark.dissect_cmd import load_keylog
     from podshark.hub_cmd import split_listen
 
     if not os.path.isfile(args.file):
@@ -46,11 +54,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         host, port = split_listen(args.listen)
         token = token_from(args.token_file)
-    except (ValueError, AuthError) as e:
+        keylog = load_keylog(args.keylog)
+    except (ValueError, AuthError, KeyLogError) as e:
         print(f"podshark: error: {e}", file=sys.stderr)
         return EXIT_INPUT
     try:
-        db = args.db or default_db(args.file)
+        db = args.db or default_db(args.file, keylog)
     except OSError as e:
         print(f"podshark: error: cannot read {args.file}: {e}", file=sys.stderr)
         return EXIT_INPUT
@@ -62,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         print(f"podshark open: loading {args.file} into {db}", file=sys.stderr, flush=True)
         # the import client with its own defaults, as `podshark import FILE --hub URL` would run
-        imp = build_parser().parse_args(["import", args.file, "--hub", hub.url])
+        imp = build_parser().parse_args(
+            ["import", args.file, "--hub", hub.url, *(["--keylog", args.keylog] if args.keylog else [])]
+        )
         os.environ["PODSHARK_TOKEN"] = hub.token  # the client reads it like any other
         rc = import_cmd.run(imp)
         if rc != 0:

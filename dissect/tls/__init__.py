@@ -2,12 +2,17 @@
 
 Without keys a TLS connection is one call with what the handshake shows in plaintext (SNI, ALPN,
 versions, cipher suite, resumption) and how many bytes each side sent; see `dissect.tls.dissector`.
+With a key log (`dissect.tls.keylog`) its records are decrypted (`dissect.tls.decrypt`, with the
+record cryptography in `dissect.tls.crypto`) and the plaintext dissected like a cleartext connection.
 """
 
 from __future__ import annotations
 
-from dissect.base import ConnContext, Dissector, Handoff, Verdict
+from collections.abc import Sequence
+
+from dissect.base import Analyzer, ConnContext, Dissector, Handoff, Verdict
 from dissect.tls.dissector import TLSDissector, TLSSession
+from dissect.tls.keylog import KeyLog
 from dissect.tls.records import HANDSHAKE, MAX_RECORD, find_record_chain, valid_header
 
 __all__ = ["ANALYZER", "TLSAnalyzer", "TLSDissector", "TLSSession", "detect"]
@@ -69,15 +74,24 @@ def detect(data: bytes, direction: int = 0, port_hint: int | None = None) -> Ver
 
 
 class TLSAnalyzer:
-    """The `dissect.base.Analyzer` for TLS over TCP (SSL 3.0 to TLS 1.3)."""
+    """The `dissect.base.Analyzer` for TLS over TCP (SSL 3.0 to TLS 1.3).
+
+    With a ``keylog`` its connections are decrypted when the key log holds their secrets, and the
+    plaintext is dissected by ``inner`` (the other analyzers; `dissect.detect.default_analyzers`
+    fills it in). The key log may grow while a capture is read (pcapng secrets blocks).
+    """
 
     name = "tls"
+
+    def __init__(self, keylog: KeyLog | None = None, inner: Sequence[Analyzer] = ()) -> None:
+        self.keylog = keylog
+        self.inner: list[Analyzer] = list(inner)
 
     def detect(self, data: bytes, direction: int, port_hint: int | None) -> Verdict:
         return detect(data, direction, port_hint)
 
     def new(self, ctx: ConnContext, handoff: Handoff | None = None) -> Dissector:
-        return TLSDissector(ctx, handoff)
+        return TLSDissector(ctx, handoff, keylog=self.keylog, inner_analyzers=self.inner)
 
 
 ANALYZER = TLSAnalyzer()

@@ -28,13 +28,26 @@ its ``request_ts`` is when it was first seen, and it carries ``mid-stream``.
 
 `TLSSession` is the parsed state, kept apart from the wire handling so the later eBPF tracer and
 key-log decryption can hand it the plaintext of the same connection (`TLSSession.plaintext`).
+
+**With a key log** (`dissect.tls.keylog`): once the ServerHello shows the version and suite, the
+session's secrets are looked up by the ClientHello random. When they are there, the record layer
+keeps protected records whole and `dissect.tls.decrypt` opens them; the application data goes to
+the dissector ALPN names (``h2``: HTTP/2, ``http/1.1``: HTTP/1; none: detected by content, so a
+TLS-wrapped Kafka or DNS works too), whose calls carry ``tls: true``, the SNI and
+``info.tls_source: "keylog"`` and replace the opaque call. A session whose keys are missing or do
+not fit stays one opaque call, and ``info.keylog`` says why ("the key log has no secrets for this
+session", "cipher suite … is not supported for decryption", "the secrets do not decrypt …"). A
+session that was decrypted but carried no request (a handshake, then close) is still reported as
+its ``tls`` call, without the ``encrypted`` flag and with ``info.tls_source: "keylog"``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from dissect.base import ConnContext, Dissector, Handoff
+from dissect.base import Analyzer, ConnContext, Dissector, Handoff
 from dissect.model import Call, Flag
 from dissect.tls.hello import (
     ClientHello,
@@ -42,14 +55,23 @@ from dissect.tls.hello import (
     cipher_name,
     group_name,
     parse_client_hello,
+    parse_encrypted_extensions_alpn,
     parse_server_hello,
     version_name,
 )
 from dissect.tls.records import APPLICATION_DATA, CONTENT_TYPES, HANDSHAKE_TYPES, RecordStream
 
+if TYPE_CHECKING:
+    from dissect.tls.decrypt import Decrypter
+    from dissect.tls.keylog import KeyLog
+
 __all__ = ["ALERT_DESCRIPTIONS", "TLSDissector", "TLSSession"]
 
 CLIENT_HELLO, SERVER_HELLO, CERTIFICATE, NEW_SESSION_TICKET, SERVER_HELLO_DONE = 1, 2, 11, 4, 14
+ENCRYPTED_EXTENSIONS = 8
+EXT_ENCRYPT_THEN_MAC = 22
+#: ALPN protocol -> the analyzer that dissects its plaintext (others: detected by content)
+ALPN_ANALYZERS = {"h2": "http2", "http/1.1": "http", "http/1.0": "http", "http/0.9": "http"}
 TLS13 = 0x0304
 MAX_ALERTS = 16
 MAX_HANDSHAKE_LOG = 32
@@ -111,11 +133,13 @@ class TLSSession:
         "client_hello",
         "client_hello_ts",
         "client_hellos",
+        "decrypted_alpn",
         "handshake_log",
         "hello_retry",
         "inner",
         "parse_errors",
         "plaintext_bytes",
+        "plaintext_lost",
         "resumed",
         "server_hello",
         "server_hello_ts",
@@ -143,6 +167,8 @@ class TLSSession:
         self.weird: list[str] = []
         self.inner: Dissector | None = None
         self.plaintext_bytes = [0, 0]
+        self.plaintext_lost = [0, 0]  # plaintext bytes that could not be decrypted (about)
+        self.decrypted_alpn: str | None = None  # TLS 1.3: from the decrypted EncryptedExtensions
 
     @property
     def version(self) -> int | None:
@@ -152,7 +178,9 @@ class TLSSession:
     @property
     def alpn(self) -> str | None:
         sh = self.server_hello
-        return None if sh is None else sh.alpn
+        if sh is not None and sh.alpn is not None:
+            return sh.alpn
+        return self.decrypted_alpn
 
     @property
     def sni(self) -> str | None:
@@ -205,6 +233,8 @@ class TLSSession:
             info["unparsed_bytes"] = skipped
         if any(self.plaintext_bytes):
             info["plaintext_bytes"] = {side[d]: self.plaintext_bytes[d] for d in (client, 1 - client)}
+        if any(self.plaintext_lost):
+            info["plaintext_lost"] = {side[d]: self.plaintext_lost[d] for d in (client, 1 - client)}
         if self.weird:
             info["weird"] = list(self.weird)
         return info
@@ -223,10 +253,22 @@ def _alert_dict(side: str, level: int, desc: int, plain: bool) -> dict[str, Any]
 class TLSDissector:
     """One TCP connection's TLS dissector (see `dissect.base.Dissector`); emits one call at close."""
 
-    def __init__(self, ctx: ConnContext, handoff: Handoff | None = None, strict: bool = False) -> None:
+    def __init__(
+        self,
+        ctx: ConnContext,
+        handoff: Handoff | None = None,
+        strict: bool = False,
+        keylog: KeyLog | None = None,
+        inner_analyzers: Sequence[Analyzer] = (),
+    ) -> None:
         self.ctx = ctx
         self.strict = strict  # re-raise internal errors (tests); otherwise they become flags
         self.session = TLSSession()
+        self.keylog = keylog  # secrets by client random; None: no decryption
+        self.inner_analyzers = inner_analyzers  # what decrypted application data may be
+        self.decrypter: Decrypter | None = None
+        self.keys_note: str | None = None  # why this session was not decrypted (with a key log)
+        self.inner_calls = 0  # calls the decrypted plaintext gave
         # A connection captured mid-stream may start inside a record: find a boundary first.
         lost = not ctx.handshake_seen
         self.streams = (RecordStream(0, self, lost=lost), RecordStream(1, self, lost=lost))
@@ -260,11 +302,24 @@ class TLSDissector:
     def note(self, direction: int, flag: str) -> None:
         if not self.closed:
             self._flag(flag)
+            inner = self.session.inner
+            if inner is not None:
+                inner.note(direction, flag)
 
     def close(self, ts: int) -> None:
         if self.closed:
             return
         self.closed = True
+        inner = self.session.inner
+        if inner is not None:
+            try:
+                inner.close(ts)
+            except Exception:
+                if self.strict:
+                    raise
+                self.internal_errors += 1
+        if self.inner_calls:
+            return  # the decrypted calls stand for the connection
         try:
             call = self._call()
         except Exception:
@@ -276,7 +331,10 @@ class TLSDissector:
             self.ctx.emit(call)
 
     def buffered_bytes(self) -> int:
-        return self.streams[0].buffered_bytes() + self.streams[1].buffered_bytes()
+        n = self.streams[0].buffered_bytes() + self.streams[1].buffered_bytes()
+        inner = self.session.inner
+        measure = getattr(inner, "buffered_bytes", None)
+        return n + (measure() if callable(measure) else 0)
 
     # ------------------------------------------------------------------ RecordHandler
     def wants(self, stream: RecordStream, msg_type: int) -> bool:
@@ -350,9 +408,13 @@ class TLSDissector:
             return
         s.server_hello = sh
         ch = s.client_hello
+        if self.keylog is not None and len(self.keylog):
+            self._find_keys(sh)
         if sh.version == TLS13:
             s.resumed = sh.psk
             self._protect(stream)  # everything after a 1.3 ServerHello is encrypted
+            if self.decrypter is not None:
+                self.streams[1 - stream.direction].start_collecting()  # the client's, from now on
         else:
             s.resumed = bool(ch is not None and ch.session_id and ch.session_id == sh.session_id)
 
@@ -387,10 +449,146 @@ class TLSDissector:
     def on_error(self, stream: RecordStream, reason: str) -> None:
         self._parse_error("not-a-record")
 
+    def on_record(self, stream: RecordStream, header: bytes, body: bytes, ts: int) -> None:
+        if self.decrypter is not None:
+            self.decrypter.record(stream.direction, header, body, ts)
+
+    def on_record_lost(self, stream: RecordStream, header: bytes, body: bytes, ts: int) -> None:
+        if self.decrypter is not None:
+            self.decrypter.record_lost(stream.direction, header, body, ts)
+
+    def on_stream_lost(self, stream: RecordStream, seen: int) -> None:
+        if self.decrypter is not None:
+            self.decrypter.stream_lost(stream.direction, seen)
+
+    def on_resynced(self, stream: RecordStream, lost: int) -> None:
+        if self.decrypter is not None:
+            self.decrypter.resynced(stream.direction, lost)
+
+    # ------------------------------------------------------------------ decryption (PlainSink)
+    def _find_keys(self, sh: ServerHello) -> None:
+        """Look the session up in the key log and, with its secrets, start decrypting."""
+        from dissect.tls.decrypt import Decrypter, prepare
+
+        s = self.session
+        ch = s.client_hello
+        assert self.keylog is not None
+        if ch is None or len(ch.random) != 32:
+            self.keys_note = "the ClientHello was not seen, so the session cannot be looked up"
+            return
+        secrets = self.keylog.lookup(ch.random)
+        if secrets is None:
+            self.keys_note = "the key log has no secrets for this session"
+            return
+        ready = prepare(
+            secrets, sh.cipher_suite, sh.version, ch.random, sh.random, EXT_ENCRYPT_THEN_MAC in sh.extensions
+        )
+        if isinstance(ready, str):
+            self.keys_note = ready
+            return
+        suite, roles = ready
+        client = s.client_dir if s.client_dir is not None else 0
+        self.decrypter = Decrypter(suite, roles, client, self)
+        for st in self.streams:
+            if st.encrypted:
+                st.start_collecting()
+
+    def plain_data(self, d: int, data: bytes, ts: int) -> None:
+        s = self.session
+        if s.inner is None:
+            self._open_inner(ts)
+        try:
+            s.plaintext(d, data, ts)
+        except Exception:
+            self._inner_failed()
+
+    def plain_gap(self, d: int, n: int, ts: int) -> None:
+        s = self.session
+        s.plaintext_lost[d & 1] += n
+        if s.inner is not None:
+            try:
+                s.inner.gap(d, n, ts)
+            except Exception:
+                self._inner_failed()
+
+    def plain_alert(self, d: int, level: int, description: int) -> None:
+        s = self.session
+        if len(s.alerts) >= MAX_ALERTS:
+            s.alerts_dropped += 1
+            return
+        s.alerts.append((d, level, description, True))
+
+    def plain_handshake(self, d: int, msg_type: int, body: bytes | None) -> None:
+        s = self.session
+        log = s.handshake_log[d]
+        if len(log) < MAX_HANDSHAKE_LOG:
+            log.append(HANDSHAKE_TYPES.get(msg_type, str(msg_type)))
+        if msg_type == ENCRYPTED_EXTENSIONS and body is not None and d != s.client_dir:
+            s.decrypted_alpn = parse_encrypted_extensions_alpn(body)
+        elif msg_type == CLIENT_HELLO:
+            s.add_weird("renegotiation-not-decrypted")  # a new handshake inside: new keys we do not follow
+
+    def _open_inner(self, ts: int) -> None:
+        """The dissector for the plaintext: the one ALPN names, else detection by content."""
+        from dissect.detect import Detecting
+
+        s = self.session
+        base = self.ctx
+        # the ClientHello was seen (keys are found through it), so the plaintext starts at its beginning
+        ctx = dataclasses.replace(base, emit=self._emit_inner, switch=None, handshake_seen=True)
+        wanted = ALPN_ANALYZERS.get(s.alpn or "")
+        analyzers = [a for a in self.inner_analyzers if wanted is None or a.name == wanted]
+        if not analyzers:
+            analyzers = list(self.inner_analyzers)
+        a, b = base.endpoints
+        port_hint = min(a.port or 0, b.port or 0) or None
+
+        def decided(dissector: Dissector) -> None:
+            s.inner = dissector
+
+        def switch(h: Handoff) -> None:
+            """h2c or CONNECT inside TLS: as the engine does for a cleartext connection."""
+            new: Dissector
+            if h.protocol:
+                analyzer = next((x for x in self.inner_analyzers if x.name == h.protocol), None)
+                if analyzer is None:
+                    return
+                new = analyzer.new(ctx, h)
+            else:
+                new = Detecting(ctx, self.inner_analyzers, port_hint, decided)
+            s.inner = new
+            first = h.client_dir if h.client_dir is not None else 0
+            for d in (first, 1 - first):
+                if h.pending[d]:
+                    new.feed(d, h.pending[d], h.ts)
+
+        ctx.switch = switch
+        s.inner = Detecting(ctx, analyzers, port_hint, decided)
+
+    def _emit_inner(self, call: Call) -> None:
+        s = self.session
+        call.tls = True
+        call.sni = s.sni
+        call.info["tls_source"] = "keylog"
+        self.inner_calls += 1
+        self.ctx.emit(call)
+
+    def _inner_failed(self) -> None:
+        """The plaintext dissector broke (a bug): drop it, keep the connection's accounting."""
+        if self.strict:
+            raise
+        self.internal_errors += 1
+        self.session.add_weird("internal-error")
+        self._flag(Flag.PARSE_ERROR)
+        from dissect.detect import IGNORED
+
+        self.session.inner = IGNORED
+
     # ------------------------------------------------------------------ helpers
-    @staticmethod
-    def _protect(stream: RecordStream) -> None:
+    def _protect(self, stream: RecordStream) -> None:
         stream.protect()
+        if self.decrypter is not None:
+            stream.start_collecting()
 
     def _flag(self, flag: str) -> None:
         if flag not in self.flags:
@@ -433,7 +631,9 @@ class TLSDissector:
             return None  # not one complete record header: nothing to report
         cd = self._client_side()
         eps = self.ctx.endpoints
-        flags = [Flag.ENCRYPTED]
+        dec = self.decrypter
+        decrypted = dec is not None and dec.opened_records > 0
+        flags = [] if decrypted else [Flag.ENCRYPTED]
         mid = not self.ctx.handshake_seen and s.client_hellos == 0
         if mid:
             flags.append(Flag.MID_STREAM)
@@ -448,6 +648,13 @@ class TLSDissector:
         if request_ts is None and s.server_hello_ts is None:
             request_ts = self.first_ts
         sni = s.sni
+        info = s.info(streams, cd)
+        if decrypted:
+            info["tls_source"] = "keylog"
+        elif dec is not None and dec.failed:
+            info["keylog"] = "the key log's secrets do not decrypt this session"
+        elif self.keys_note is not None:
+            info["keylog"] = self.keys_note
         return Call(
             protocol="tls",
             transport=self.ctx.transport,
@@ -460,7 +667,7 @@ class TLSDissector:
             method="TLS",
             target=sni,
             status=None,
-            info=s.info(streams, cd),
+            info=info,
             flags=flags,
             flow_id=self.ctx.flow_id,
         )

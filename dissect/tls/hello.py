@@ -26,6 +26,7 @@ __all__ = [
     "group_name",
     "is_grease",
     "parse_client_hello",
+    "parse_encrypted_extensions_alpn",
     "parse_server_hello",
     "version_name",
 ]
@@ -438,3 +439,22 @@ def parse_server_hello(body: bytes) -> ServerHello:
     except _Short as e:
         sh.error = f"cut short ({e})"
     return sh
+
+
+def parse_encrypted_extensions_alpn(body: bytes) -> str | None:
+    """The ALPN protocol a TLS 1.3 server chose, from its (decrypted) EncryptedExtensions body.
+
+    None when the server chose none or the message is malformed. Never raises.
+    """
+    r = _Reader(body)
+    try:
+        exts = r.sub16()
+        while exts.left():
+            etype = exts.u16()
+            edata = exts.sub16()
+            if etype == EXT_ALPN:
+                protos = edata.sub16()
+                return _decode_name(protos.vec8()) if protos.left() else None
+    except _Short:
+        return None
+    return None

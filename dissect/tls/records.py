@@ -8,14 +8,19 @@ takes the in-order bytes of one direction in pieces of any size and
   and hands the ones the owner wants (ClientHello, ServerHello) to it whole, at most
   `MAX_HANDSHAKE_MESSAGE` bytes; other handshake messages are announced by type and skipped;
 - hands plaintext alerts (at most `MAX_ALERT_KEPT` body bytes) and ChangeCipherSpec to the owner;
-- keeps nothing of application data (or of encrypted handshake): its bytes are only counted.
+- keeps nothing of application data (or of encrypted handshake): its bytes are only counted —
+  unless the owner holds the session's keys and sets ``collect``: then each protected record
+  (alert, handshake, application data) is kept whole and handed to ``on_record`` when it ends, so
+  it can be decrypted (`dissect.tls.decrypt`); a record a gap hit goes to ``on_record_lost`` and a
+  lost boundary to ``on_stream_lost``, so the owner's record sequence number stays right.
 
-So the bytes it holds are at most a record header (5), a handshake header (4) and one wanted
-handshake message. Nothing raises on input: a record header that cannot be TLS (unknown type, major
-version not 3, length over 2^14 + 2048) or a gap that loses the record boundary makes the stream
-*lost*; it then resynchronises at the first offset where two record headers chain (the second one
-starts exactly where the first one's length says), again without buffering bodies. The same search
-finds the first record boundary of a connection captured mid-stream.
+So the bytes it holds are at most a record header (5), a handshake header (4), one wanted handshake
+message and, when collecting, one record body (`MAX_RECORD`). Nothing raises on input: a record
+header that cannot be TLS (unknown type, major version not 3, length over 2^14 + 2048) or a gap that
+loses the record boundary makes the stream *lost*; it then resynchronises at the first offset where
+two record headers chain (the second one starts exactly where the first one's length says), again
+without buffering bodies. The same search finds the first record boundary of a connection captured
+mid-stream.
 """
 
 from __future__ import annotations
@@ -141,6 +146,19 @@ class RecordHandler(Protocol):
     def on_error(self, stream: RecordStream, reason: str) -> None:
         """Bytes that cannot be TLS: the stream is resynchronising."""
 
+    def on_record(self, stream: RecordStream, header: bytes, body: bytes, ts: int) -> None:
+        """``collect`` only: a whole protected record (not ChangeCipherSpec), to be decrypted."""
+
+    def on_record_lost(self, stream: RecordStream, header: bytes, body: bytes, ts: int) -> None:
+        """``collect`` only: a record ended but a gap hit it; ``body`` has zeros where bytes were lost."""
+
+    def on_stream_lost(self, stream: RecordStream, seen: int) -> None:
+        """``collect`` only: record boundaries were lost, ``seen`` bytes (header included) into the
+        record then in progress; an unknown number of records will be missed."""
+
+    def on_resynced(self, stream: RecordStream, lost: int) -> None:
+        """``collect`` only: boundaries found again, ``lost`` stream bytes after the loss point."""
+
 
 class RecordStream:
     """One direction's record layer (see the module docstring)."""
@@ -150,6 +168,8 @@ class RecordStream:
         "bytes",
         "candidates",
         "carry",
+        "collect",
+        "collect_next",
         "ctype",
         "damaged",
         "direction",
@@ -171,6 +191,8 @@ class RecordStream:
         "lost_gaps",
         "offset",
         "probe",
+        "rec_body",
+        "rec_hdr",
         "rec_len",
         "records",
         "rem",
@@ -187,6 +209,11 @@ class RecordStream:
         # ChangeCipherSpec; TLS 1.3: the server after its ServerHello). Handshake and alert records are
         # then only counted.
         self.encrypted = False
+        # Set by the owner when it can decrypt: protected records are then kept whole (see on_record).
+        self.collect = False
+        self.collect_next = False  # start collecting at the next record header (see start_collecting)
+        self.rec_hdr = b""  # collecting: the current record's header
+        self.rec_body = bytearray()  # collecting: the current record's body so far
         self.state = LOST if lost else SYNC
         self.synced = not lost  # ever found a record boundary
         self.hdr = bytearray()  # a record header split across feeds (< 5 bytes)
@@ -266,6 +293,11 @@ class RecordStream:
         self.ctype = ctype
         self.rem = self.rec_len = length
         self.damaged = False
+        if self.collect_next:
+            self.collect, self.collect_next = True, False
+        if self.collect:
+            self.rec_hdr = bytes(where[start : start + 5])
+            self.rec_body = bytearray()
         self.records[ctype] = self.records.get(ctype, 0) + 1
         self.total_bytes += 5 + length
         if self.first_ts is None:
@@ -282,6 +314,8 @@ class RecordStream:
     def _body(self, data: bytes, start: int, end: int, ts: int) -> None:
         ctype = self.ctype
         self.bytes[ctype] = self.bytes.get(ctype, 0) + (end - start)
+        if self.collect and ctype != CHANGE_CIPHER_SPEC:
+            self.rec_body += data[start:end]
         if ctype == HANDSHAKE:
             if not self.encrypted and not self.hs_lost:
                 self._hs_feed(data, start, end, ts)
@@ -292,6 +326,15 @@ class RecordStream:
 
     def _record_end(self, ts: int) -> None:
         ctype = self.ctype
+        if self.collect and ctype != CHANGE_CIPHER_SPEC:
+            body, self.rec_body = self.rec_body, bytearray()
+            if self.damaged:
+                self.handler.on_record_lost(self, self.rec_hdr, bytes(body), ts)
+            else:
+                self.handler.on_record(self, self.rec_hdr, bytes(body), ts)
+            if ctype == ALERT:
+                self.alert_buf.clear()  # the owner reports the alert, decrypted or not
+                return
         if self.damaged:
             self.alert_buf.clear()
         elif ctype == CHANGE_CIPHER_SPEC:
@@ -299,6 +342,15 @@ class RecordStream:
         elif ctype == ALERT:
             self.handler.on_alert(self, bytes(self.alert_buf), self.rec_len, ts)
             self.alert_buf.clear()
+
+    def start_collecting(self) -> None:
+        """Keep protected records whole from the next record header on (the owner has the keys)."""
+        if not self.collect:
+            self.collect_next = True
+
+    def stop_collecting(self) -> None:
+        self.collect = self.collect_next = False
+        self.rec_body = bytearray()
 
     def protect(self) -> None:
         """From now on this direction's records are encrypted: count them, parse nothing."""
@@ -354,6 +406,8 @@ class RecordStream:
         self.gaps += n
         if self.state == SYNC and not self.hdr and n <= self.rem:
             # inside the current record: the next boundary is still known
+            if self.collect and self.ctype != CHANGE_CIPHER_SPEC:
+                self.rec_body += bytes(n)  # zeros keep the positions of the bytes that follow
             self.rem -= n
             self.bytes[self.ctype] = self.bytes.get(self.ctype, 0) + n
             if self.ctype == HANDSHAKE:
@@ -437,6 +491,8 @@ class RecordStream:
             unparsed -= 5 + plen
             self.hs_lost = True  # a handshake message may have started before p
         self.skipped += max(unparsed, 0)
+        if self.collect:
+            self.handler.on_resynced(self, p - self.lost_from)
         self.lost_gaps = 0
         self.state = SYNC
         self.synced = True
@@ -455,6 +511,11 @@ class RecordStream:
 
     def _lose(self, at: int) -> None:
         """Record boundaries are lost from stream offset ``at`` on."""
+        if self.collect:
+            self.rec_body = bytearray()
+            if self.state == SYNC:
+                seen = 5 + self.rec_len - self.rem if self.rem else len(self.hdr)
+                self.handler.on_stream_lost(self, seen)
         self.state = LOST
         self.lost_from = at
         self.lost_gaps = 0
@@ -463,4 +524,11 @@ class RecordStream:
         self.rem = 0
 
     def buffered_bytes(self) -> int:
-        return len(self.hdr) + len(self.hs_hdr) + len(self.hs_body) + len(self.carry) + len(self.alert_buf)
+        return (
+            len(self.hdr)
+            + len(self.hs_hdr)
+            + len(self.hs_body)
+            + len(self.carry)
+            + len(self.alert_buf)
+            + len(self.rec_body)
+        )
