@@ -613,6 +613,14 @@ def test_tls_is_described_with_sni_and_plaintext_source() -> None:
     opaque = http_call(protocol="tls")
     opaque.tls, opaque.sni = True, "db.internal"
     assert tls_text(opaque).plain == "yes · SNI db.internal · encrypted, plaintext not seen"
+    opaque.info["keylog"] = "the key log has no secrets for this session"
+    assert tls_text(opaque).plain == (
+        "yes · SNI db.internal · encrypted, plaintext not seen · key log: the key log has no secrets for "
+        "this session"
+    )
+    decrypted = http_call("GET", "/")
+    decrypted.tls, decrypted.sni, decrypted.info["tls_source"] = True, "api.example", "keylog"
+    assert tls_text(decrypted).plain == "yes · SNI api.example · plaintext from keylog"
     with pytest.raises(NotHTTP, match="tls call"):
         curl_command(opaque)
 

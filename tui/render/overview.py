@@ -60,4 +60,7 @@ def tls_text(call: Call) -> Text:
         parts.append(f"plaintext from {safe(str(source), one_line=True)}")
     elif call.protocol == "tls":
         parts.append("encrypted, plaintext not seen")
+        why = call.info.get("keylog")
+        if why:  # a key log was given: why it did not open this session
+            parts.append(f"key log: {safe(str(why), one_line=True)}")
     return Text(" · ".join(parts))
