@@ -7,6 +7,10 @@ and `GET /metrics` (`hub/stats.py`, `hub/metrics.py`), the live WebSocket `/api/
 (`hub/live.py`, fed by the writer's commits) and the replay WebSocket `/api/v1/replay`
 (`hub/replay.py`), and `GET /api/v1/export` (`hub/export.py`: a pcapng of the frames of the
 matching calls' connections).
+
+With `client_certs` ("ingest" or "all", for a hub serving TLS with a client CA: `hub/tls.py`), the
+requests that scope covers also need a verified client certificate; that check runs before the
+token's.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from hub import api, auth, export, ingest, live, replay, stats
+from hub import api, auth, export, ingest, live, replay, stats, tls
 from hub.store import Store
 
 
@@ -25,9 +29,14 @@ def make_app(
     *,
     batch_interval: float = 0.5,
     batch_max_calls: int = 20_000,
+    client_certs: str | None = None,
 ) -> web.Application:
-    """`token=None` means no auth (only allowed on loopback: `auth.check_startup`)."""
-    app = web.Application(middlewares=[auth.middleware(token)], client_max_size=64 << 20)
+    """`token=None` means no auth (only allowed on loopback: `auth.check_startup`). `client_certs`:
+    None, or the scope (`tls.SCOPES`) in which a client certificate is required."""
+    middlewares = [auth.middleware(token)]
+    if client_certs is not None:
+        middlewares.insert(0, tls.middleware(client_certs))
+    app = web.Application(middlewares=middlewares, client_max_size=64 << 20)
     app[api.STORE_KEY] = store
     writer = ingest.Writer(store, interval=batch_interval, max_calls=batch_max_calls)
     app[ingest.WRITER_KEY] = writer

@@ -2,7 +2,8 @@
 
 Pages through `GET /api/v1/calls` oldest first with the cursor until the matches (or `--limit`)
 run out. `--json` prints each call's JSON form as the hub sent it, bodies included unless
-`--no-bodies`.
+`--no-bodies`. An https:// hub is verified with `--ca` (and `--cert`/`--key` when it wants a client
+certificate: `podshark/tlsconf.py`); a TLS failure is one line naming the option to fix.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.parse
@@ -33,14 +35,22 @@ class HubError(Exception):
         self.code = code
 
 
-def fetch_page(hub: str, token: str | None, params: dict[str, str]) -> tuple[list[bytes], str | None]:
-    """One page: the raw JSON of each call, and the next cursor."""
+def fetch_page(
+    hub: str,
+    token: str | None,
+    params: dict[str, str],
+    context: ssl.SSLContext | None = None,
+    has_cert: bool = False,
+) -> tuple[list[bytes], str | None]:
+    """One page: the raw JSON of each call, and the next cursor. `context`: TLS for an https:// hub."""
+    from podshark.tlsconf import explain, forbidden
+
     url = hub.rstrip("/") + "/api/v1/calls?" + urllib.parse.urlencode(params)
     req = urllib.request.Request(url)
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(req, timeout=120) as resp:
+        with urllib.request.urlopen(req, timeout=120, context=context) as resp:
             body = resp.read()
     except urllib.error.HTTPError as e:
         detail = e.read()
@@ -48,10 +58,13 @@ def fetch_page(hub: str, token: str | None, params: dict[str, str]) -> tuple[lis
             err = json.loads(detail)
         except ValueError:
             err = {"error": detail.decode(errors="replace")[:200]}
-        msg = str(err.get("error", e.reason))
+        if not isinstance(err, dict):
+            err = {}
+        msg = forbidden() if e.code == 403 else str(err.get("error", e.reason))
         raise HubError(msg, EXIT_USAGE if e.code == 400 else EXIT_FAIL) from None
     except (urllib.error.URLError, OSError) as e:
-        raise HubError(f"cannot reach the hub at {hub}: {getattr(e, 'reason', e)}") from None
+        hint = explain(e, hub, has_cert=has_cert)
+        raise HubError(hint or f"cannot reach the hub at {hub}: {getattr(e, 'reason', e)}") from None
 
     page = msgspec.json.decode(body, type=_Page)
     return [bytes(c) for c in page.calls], page.next_cursor
@@ -61,10 +74,12 @@ def run(args: argparse.Namespace) -> int:
     from dissect.model import Call
     from hub.auth import AuthError, token_from
     from podshark.dissect_cmd import TableWriter
+    from podshark.tlsconf import TlsConfigError, client_context
 
     try:
         token = token_from(args.token_file)
-    except AuthError as e:
+        context = client_context(args, args.hub)
+    except (AuthError, TlsConfigError) as e:
         print(f"podshark: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     if args.limit is not None and args.limit < 1:
@@ -87,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             q = dict(params, limit=str(page))
             if cursor:
                 q["cursor"] = cursor
-            calls, cursor = fetch_page(args.hub, token, q)
+            calls, cursor = fetch_page(args.hub, token, q, context, bool(args.cert))
             for raw in calls:
                 if table is None:
                     out.write(raw.decode() + "\n")

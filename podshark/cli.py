@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"podshark {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     from dissect.filter import HELP as filter_help  # small and pure: shown by calls/export --help
+    from podshark.tlsconf import WORKER_FLAGS, add_client_options  # --ca/--cert/--key for https:// hubs
 
     d = sub.add_parser(
         "dissect",
@@ -92,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run without a token (only on a loopback address)",
     )
     h.add_argument("--batch-interval", type=float, default=0.5, help=argparse.SUPPRESS)
+    from podshark.hub_cmd import add_tls_arguments
+
+    add_tls_arguments(h)
 
     i = sub.add_parser(
         "import",
@@ -106,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_keylog_option(i)
     i.add_argument("--hub", required=True, metavar="URL", help="hub URL, e.g. http://127.0.0.1:8898")
     i.add_argument("--token-file", default=None, metavar="FILE", help="file holding the bearer token")
+    add_client_options(i)
     i.add_argument("--batch", type=int, default=1000, metavar="N", help="calls per batch (default 1000)")
     i.add_argument("--no-packets", action="store_true", help="send calls only, not the frames (no export)")
     i.add_argument(
@@ -133,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="one Call JSON object per line, bodies included")
     c.add_argument("--no-bodies", action="store_true", help="with --json: leave bodies out")
     c.add_argument("--token-file", default=None, metavar="FILE", help="file holding the bearer token")
+    add_client_options(c)
 
     e = sub.add_parser(
         "export",
@@ -157,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("-o", "--output", required=True, metavar="OUT.pcapng", help="file to write ('-': stdout)")
     e.add_argument("--token-file", default=None, metavar="FILE", help="file holding the bearer token")
+    add_client_options(e)
     e.add_argument(
         "--progress",
         choices=("auto", "always", "never"),
@@ -198,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     u.add_argument("--hub", required=True, metavar="URL", help="hub URL, e.g. http://127.0.0.1:8898")
     u.add_argument("--token-file", default=None, metavar="FILE", help="file holding the bearer token")
+    add_client_options(u)
     u.add_argument(
         "--history",
         action="store_true",
@@ -218,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--hub", required=True, metavar="URL", help="hub URL, e.g. http://podshark-hub:8898")
     w.add_argument("--token-file", default=None, metavar="FILE", help="file holding the bearer token")
+    add_client_options(w, WORKER_FLAGS)
     add_capture_options(w, state_default=default_state_dir())
 
     from podshark.local_cmd import add_session_options
@@ -263,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dr.add_argument("--hub", default=None, metavar="URL", help="also show what the hub's workers report")
     dr.add_argument("--token-file", default=None, metavar="FILE", help="file holding the hub's bearer token")
+    add_client_options(dr)
     dr.add_argument("--hub-only", action="store_true", help="skip the checks of this node")
     dr.add_argument("--no-processes", action="store_true", help="skip the per-process TLS scan")
     tp = sub.add_parser(
@@ -280,6 +290,20 @@ def build_parser() -> argparse.ArgumentParser:
     tap_cmd.add_arguments(tp)
     cl = sub.add_parser("clean", help="remove what podshark tap installed")
     clean_cmd.add_arguments(cl)
+    ce = sub.add_parser(
+        "certs",
+        help="make a CA, the hub's certificate and worker/client certificates (TLS, mutual TLS)",
+        description=(
+            "Writes into DIR a private CA (ca.crt, ca.key; reused when DIR has one), the hub's server "
+            "certificate (hub.crt, hub.key) for the --hub-name names plus localhost, 127.0.0.1 and ::1, "
+            "and a client certificate per --worker and --client (NAME.crt, NAME.key). ECDSA P-256; keys "
+            "mode 0600. Existing files are kept unless --force. Prints the hub, worker and client "
+            "commands that use them."
+        ),
+    )
+    from podshark import certs_cmd
+
+    certs_cmd.add_arguments(ce)
     return p
 
 
@@ -314,6 +338,7 @@ COMMANDS: dict[str, str] = {
     "doctor": "podshark.doctor_cmd",
     "tap": "podshark.tap_cmd",
     "clean": "podshark.clean_cmd",
+    "certs": "podshark.certs_cmd",
 }
 
 

@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -139,20 +140,30 @@ def _tls_coverage(r: Report) -> None:
         r.line(OK, f"library {lib.name}", f"{lib.path} ({len(lib.pids)} processes)")
 
 
-def _hub(r: Report, url: str, token: str | None) -> None:
+def _hub(
+    r: Report, url: str, token: str | None, context: ssl.SSLContext | None = None, has_cert: bool = False
+) -> None:
+    from podshark.tlsconf import explain, forbidden
+
     r.section(f"workers (from {url})")
     req = urllib.request.Request(url.rstrip("/") + "/api/v1/stats")
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(req, timeout=15) as resp:
+        with urllib.request.urlopen(req, timeout=15, context=context) as resp:
             stats: dict[str, Any] = json.load(resp)
     except urllib.error.HTTPError as e:
+        if e.code == 403:
+            r.line(FAIL, "hub stats", forbidden())
+            return
         hint = " (set PODSHARK_TOKEN or --token-file)" if e.code == 401 else ""
         r.line(FAIL, "hub stats", f"HTTP {e.code}{hint}")
         return
     except (urllib.error.URLError, OSError, ValueError) as e:
-        r.line(FAIL, "hub stats", f"cannot reach {url}: {getattr(e, 'reason', e)} (is it port-forwarded?)")
+        tls = explain(e, url, has_cert=has_cert) if not isinstance(e, ValueError) else None
+        r.line(
+            FAIL, "hub stats", tls or f"cannot reach {url}: {getattr(e, 'reason', e)} (is it port-forwarded?)"
+        )
         return
     workers = [w for w in stats.get("workers", []) if w.get("name") != "import"]
     if not workers:
@@ -209,15 +220,19 @@ def _kubernetes(r: Report, name: str, k8s: dict[str, Any] | None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hub.auth import AuthError, token_from
+    from podshark.tlsconf import TlsConfigError, client_context
 
     r = Report()
+    token, context = None, None
+    if args.hub:  # options first: a typo in them should not wait for the node's checks
+        try:
+            token = token_from(args.token_file)
+            context = client_context(args, args.hub)
+        except (AuthError, TlsConfigError) as e:
+            print(f"podshark: error: {e}", file=sys.stderr)
+            return 2
     if not args.hub_only:
         _node(r, tls_processes=not args.no_processes)
     if args.hub:
-        try:
-            token = token_from(args.token_file)
-        except AuthError as e:
-            print(f"podshark: error: {e}", file=sys.stderr)
-            return 2
-        _hub(r, args.hub, token)
+        _hub(r, args.hub, token, context, bool(args.cert))
     return 1 if r.failed else 0

@@ -6,6 +6,8 @@ cleanly, so a dropped connection never leaves a file that looks complete. While 
 blocks are walked (`BlockCounter`: 8 bytes of header per block, nothing parsed beyond) to count the
 frames actually written and to notice a stream cut inside a block; the count is what the last line
 reports, and the progress bar on stderr measures it against the hub's `X-Podshark-*` headers.
+An https:// hub is verified with `--ca` (`--cert`/`--key` for a client certificate:
+`podshark/tlsconf.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import http.client
 import json
 import os
+import ssl
 import struct
 import sys
 import urllib.error
@@ -79,12 +82,16 @@ def _url(args: argparse.Namespace) -> str:
     return args.hub.rstrip("/") + "/api/v1/export?" + urllib.parse.urlencode(params)
 
 
-def _open(args: argparse.Namespace, token: str | None) -> http.client.HTTPResponse:
+def _open(
+    args: argparse.Namespace, token: str | None, context: ssl.SSLContext | None = None
+) -> http.client.HTTPResponse:
+    from podshark.tlsconf import explain, forbidden
+
     req = urllib.request.Request(_url(args))
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
-        resp: http.client.HTTPResponse = urllib.request.urlopen(req, timeout=300)
+        resp: http.client.HTTPResponse = urllib.request.urlopen(req, timeout=300, context=context)
         return resp
     except urllib.error.HTTPError as e:
         try:
@@ -96,13 +103,16 @@ def _open(args: argparse.Namespace, token: str | None) -> http.client.HTTPRespon
             raise ExportError(
                 "the hub refused the token (401): set PODSHARK_TOKEN or --token-file to the hub's token"
             ) from None
+        if e.code == 403:
+            raise ExportError(forbidden()) from None
         if e.code == 400:
             if isinstance(err.get("position"), int) and args.filter:
                 msg += f"\n  {args.filter}\n  {' ' * err['position']}^"
             raise ExportError(msg, EXIT_USAGE) from None
         raise ExportError(f"the hub answered {e.code}: {msg}") from None
     except (urllib.error.URLError, OSError) as e:
-        raise ExportError(f"cannot reach the hub at {args.hub}: {getattr(e, 'reason', e)}") from None
+        hint = explain(e, args.hub, has_cert=bool(args.cert))
+        raise ExportError(hint or f"cannot reach the hub at {args.hub}: {getattr(e, 'reason', e)}") from None
 
 
 def _copy(resp: http.client.HTTPResponse, out: BinaryIO, counter: BlockCounter, show: bool) -> int:
@@ -145,10 +155,12 @@ def _copy(resp: http.client.HTTPResponse, out: BinaryIO, counter: BlockCounter, 
 
 def run(args: argparse.Namespace) -> int:
     from hub.auth import AuthError, token_from
+    from podshark.tlsconf import TlsConfigError, client_context
 
     try:
         token = token_from(args.token_file)
-    except AuthError as e:
+        context = client_context(args, args.hub)
+    except (AuthError, TlsConfigError) as e:
         print(f"podshark: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     to_stdout = args.output == "-"
@@ -156,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     counter = BlockCounter()
     partial = args.output + ".partial"
     try:
-        with _open(args, token) as resp:
+        with _open(args, token, context) as resp:
             calls = resp.headers.get("X-Podshark-Calls", "?")
             conns = resp.headers.get("X-Podshark-Connections", "?")
             if to_stdout:

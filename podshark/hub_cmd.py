@@ -1,4 +1,10 @@
-"""`podshark hub --db PATH --listen HOST:PORT`: the hub service (ingest, store, query API)."""
+"""`podshark hub --db PATH --listen HOST:PORT`: the hub service (ingest, store, query API).
+
+With `--tls-cert`/`--tls-key` it serves HTTPS and WSS; with `--client-ca` it also asks clients for
+a certificate from that CA and requires one on the ingest WebSocket (workers, `podshark import`), or
+on every endpoint but the probes with `--client-cert-required-for all` (`hub/tls.py`). The bearer
+token stays required either way.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,41 @@ import logging
 import sys
 
 EXIT_USAGE = 2
+
+
+def add_tls_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "TLS",
+        "Serve HTTPS/WSS with --tls-cert and --tls-key (podshark certs makes hub.crt and hub.key). "
+        "--client-ca makes workers prove who they are: the ingest WebSocket then needs a client "
+        "certificate issued by that CA with extendedKeyUsage clientAuth (podshark certs --worker); "
+        "a certificate from another CA, or a server certificate, is refused during the TLS handshake, "
+        "a missing one with 403, each with a line in this log. People with the token keep the read "
+        "API without a certificate unless --client-cert-required-for all.",
+    )
+    g.add_argument("--tls-cert", default=None, metavar="FILE", help="PEM server certificate (chain)")
+    g.add_argument("--tls-key", default=None, metavar="FILE", help="PEM private key of --tls-cert")
+    g.add_argument(
+        "--client-ca", default=None, metavar="FILE", help="PEM CA whose client certificates workers present"
+    )
+    g.add_argument(
+        "--client-cert-required-for",
+        choices=("ingest", "all"),
+        default="ingest",
+        help="with --client-ca: 'ingest' (default: the workers' WebSocket) or 'all' (every endpoint but "
+        "/healthz and /readyz, which the kubelet probes without a certificate)",
+    )
+
+
+def tls_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the combination of TLS options, or None."""
+    if bool(args.tls_cert) != bool(args.tls_key):
+        return "--tls-cert and --tls-key go together (the certificate and its private key)"
+    if args.client_ca and not args.tls_cert:
+        return "--client-ca needs --tls-cert and --tls-key: client certificates exist only over TLS"
+    if args.client_cert_required_for == "all" and not args.client_ca:
+        return "--client-cert-required-for all needs --client-ca (the CA the client certificates come from)"
+    return None
 
 
 def split_listen(text: str) -> tuple[str, int]:
@@ -23,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
 
     from dissect.filter import parse_duration
     from hub.app import make_app
-    from hub.auth import AuthError, check_startup, token_from
+    from hub.auth import AuthError, check_startup, is_loopback, token_from
     from hub.store import Store
+    from hub.tls import TlsSetupError, server_context
 
     try:
         host, port = split_listen(args.listen)
@@ -46,12 +88,46 @@ def run(args: argparse.Namespace) -> int:
     except AuthError as e:
         print(f"podshark: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    problem = tls_problem(args)
+    if problem:
+        print(f"podshark: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    ssl_context = None
+    if args.tls_cert:
+        try:
+            ssl_context = server_context(args.tls_cert, args.tls_key, args.client_ca)
+        except TlsSetupError as e:
+            print(f"podshark: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+    scope = args.client_cert_required_for if args.client_ca else None
     store = Store(args.db, retain_ns=retain_ns, max_bytes=args.max_size)
     try:
-        app = make_app(store, token, batch_interval=args.batch_interval)
-        print(f"podshark hub: listening on http://{host}:{port} (db {args.db})", file=sys.stderr, flush=True)
-        web.run_app(app, host=host, port=port, print=None, access_log=None)
+        app = make_app(store, token, batch_interval=args.batch_interval, client_certs=scope)
+        scheme = "https" if ssl_context else "http"
+        where = f"[{host}]" if ":" in host else host
+        print(
+            f"podshark hub: listening on {scheme}://{where}:{port} (db {args.db})",
+            file=sys.stderr,
+            flush=True,
+        )
+        if scope:
+            print(
+                f"podshark hub: client certificates from {args.client_ca} required for "
+                + (
+                    "the ingest WebSocket" if scope == "ingest" else "every endpoint but /healthz and /readyz"
+                ),
+                file=sys.stderr,
+                flush=True,
+            )
+        elif not ssl_context and not is_loopback(host):
+            print(
+                "podshark hub: warning: plain HTTP on a network address: the token and every call cross "
+                "the network readable; serve TLS with --tls-cert/--tls-key (podshark certs)",
+                file=sys.stderr,
+                flush=True,
+            )
+        web.run_app(app, host=host, port=port, print=None, access_log=None, ssl_context=ssl_context)
     finally:
         store.close()
     return 0

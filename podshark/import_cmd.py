@@ -23,12 +23,14 @@ import argparse
 import asyncio
 import base64
 import os
+import ssl
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from dissect.engine import Engine
     from dissect.pcapio import CaptureReader
 
 EXIT_FAIL = 1
@@ -50,23 +52,43 @@ def ingest_url(hub: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dissect.pcapio import CaptureError, CaptureReader
+    from dissect.engine import file_engine
+    from dissect.pcapio import CaptureError
+    from dissect.tls.keylog import KeyLogError
     from hub.auth import AuthError, token_from
+    from podshark.dissect_cmd import load_keylog
+    from podshark.tlsconf import TlsConfigError, client_context
 
     try:
         token = token_from(args.token_file)
-    except AuthError as e:
+        ssl_context = client_context(args, args.hub)  # --ca/--cert/--key for an https:// hub
+        keylog = load_keylog(getattr(args, "keylog", None))
+    except (AuthError, TlsConfigError, KeyLogError) as e:
         print(f"podshark: error: {e}", file=sys.stderr)
         return EXIT_INPUT
+    frames = None if getattr(args, "no_packets", False) else _FrameBatch()
     try:
-        reader = CaptureReader(args.file)
+        # the engine decrypts TLS with --keylog and with the secrets the capture itself carries
+        reader, engine, _secrets = file_engine(
+            args.file, keylog=keylog, on_frame=frames.add if frames is not None else None
+        )
     except CaptureError as e:
         print(f"podshark: error: {e}", file=sys.stderr)
         return EXIT_INPUT
     try:
-        return asyncio.run(_import(args, reader, token))
+        return asyncio.run(_import(args, Source(reader, engine, frames), token, ssl_context))
     finally:
         reader.close()
+
+
+@dataclass
+class Source:
+    """The capture being imported: its reader, the engine dissecting it, and the frame batch being
+    filled for the hub's pcap export (None with --no-packets)."""
+
+    reader: CaptureReader
+    engine: Engine
+    frames: _FrameBatch | None
 
 
 @dataclass
@@ -117,14 +139,11 @@ def _calls_message(seq: int, calls: list[bytes]) -> Message:
     return Message("calls", text.decode(), len(calls))
 
 
-def _messages(args: argparse.Namespace, reader: CaptureReader) -> Iterator[Message]:
+def _messages(args: argparse.Namespace, src: Source) -> Iterator[Message]:
     """The capture as numbered messages (seq 1, 2, ...), calls and frames interleaved."""
-    from dissect.engine import Engine, file_source_id
     from podshark.progress import Progress
 
-    send_frames = not getattr(args, "no_packets", False)
-    frames = _FrameBatch()
-    engine = Engine(file_source_id(args.file), on_frame=frames.add if send_frames else None)
+    reader, engine, frames = src.reader, src.engine, src.frames
     show = args.progress == "always" or (
         args.progress == "auto" and reader.size >= PROGRESS_MIN_BYTES and sys.stderr.isatty()
     )
@@ -133,7 +152,7 @@ def _messages(args: argparse.Namespace, reader: CaptureReader) -> Iterator[Messa
     ncalls = 0
     batch: list[bytes] = []
     try:
-        if send_frames:
+        if frames is not None:
             # one packet at a time (not `engine.run`) so frames leave even while no call completes
             out = engine.out
             for n, (ts, linktype, frame, wire) in enumerate(reader, 1):
@@ -180,9 +199,16 @@ class _Tally:
     rejected: int = 0
 
 
-async def _import(args: argparse.Namespace, reader: CaptureReader, token: str | None) -> int:
+async def _import(
+    args: argparse.Namespace,
+    src: Source,
+    token: str | None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> int:
     import aiohttp
     import msgspec
+
+    from podshark.tlsconf import explain, forbidden
 
     closing = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
     url = ingest_url(args.hub)
@@ -190,14 +216,16 @@ async def _import(args: argparse.Namespace, reader: CaptureReader, token: str | 
     pending: dict[int, Message] = {}  # seq -> message, in send order
     tally = {"calls": _Tally(), "packets": _Tally()}
     errors: list[str] = []
-    source = _messages(args, reader)
+    source = _messages(args, src)
     exhausted = False
     next_seq = 1
     attempts = 0
     async with aiohttp.ClientSession() as session:
         while True:
             try:
-                async with session.ws_connect(url, headers=headers, heartbeat=30.0, max_msg_size=0) as ws:
+                async with session.ws_connect(
+                    url, headers=headers, heartbeat=30.0, max_msg_size=0, ssl=ssl_context or True
+                ) as ws:
                     attempts = 0
                     await ws.send_str('{"type":"hello","worker":"import","capabilities":["calls","packets"]}')
                     for m in list(pending.values()):  # resend what was never acked
@@ -237,16 +265,26 @@ async def _import(args: argparse.Namespace, reader: CaptureReader, token: str | 
                 if isinstance(e, aiohttp.WSServerHandshakeError) and e.status == 401:
                     print("podshark: error: the hub refused the token (401)", file=sys.stderr)
                     return EXIT_FAIL
+                if isinstance(e, aiohttp.WSServerHandshakeError) and e.status == 403:
+                    print(f"podshark: error: {forbidden()}", file=sys.stderr)
+                    return EXIT_FAIL
+                hint = explain(e, args.hub, has_cert=bool(getattr(args, "cert", None)))
                 attempts += 1
+                # a certificate problem does not go away by retrying: a verify error at once, a
+                # handshake the hub drops after three tries
+                if hint and (isinstance(e, aiohttp.ClientSSLError) or attempts >= 3) and not pending:
+                    print(f"podshark: error: {hint}", file=sys.stderr)
+                    return EXIT_FAIL
                 if attempts > RECONNECTS:
                     c = tally["calls"]
-                    print(f"podshark: error: cannot reach the hub at {args.hub}: {e}", file=sys.stderr)
+                    why = hint or f"cannot reach the hub at {args.hub}: {e}"
+                    print(f"podshark: error: {why}", file=sys.stderr)
                     print(f"sent {c.sent} calls, {c.acked} acknowledged", file=sys.stderr)
                     return EXIT_FAIL
                 await asyncio.sleep(min(0.2 * 2 ** min(attempts, 5), 5.0))
     for err in errors[:10]:
         print(f"podshark: hub: {err}", file=sys.stderr)
-    for w in reader.stats.warnings:
+    for w in src.reader.stats.warnings:
         print(f"podshark: warning: {w}", file=sys.stderr)
     c, f = tally["calls"], tally["packets"]
     line = f"{c.sent} calls sent, {c.acked} acknowledged" + (f", {c.rejected} rejected" if c.rejected else "")

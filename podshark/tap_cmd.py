@@ -4,6 +4,11 @@
     podshark tap --dry-run > podshark.yaml        # the manifests (Secret with a fresh token included)
     podshark tap --context prod --namespace ops-podshark --storage hostpath --no-ui
 
+TLS is on unless `--no-tls`: the hub serves HTTPS and requires the workers' client certificates,
+from a Secret tap makes (or keeps, like the token: `podshark/tap/tls.py`). tap's own port-forward
+client trusts that CA, whose certificate it writes under ~/.config/podshark/tap/ for other clients
+(`podshark ui --hub https://127.0.0.1:PORT --ca ...`, which tap prints).
+
 Exit codes: 0 after the UI (or, with --no-ui, Ctrl-C) ends; 1 when the cluster refused or the
 rollout did not finish; 2 for bad options or an unusable kubeconfig. Everything stays installed
 when tap exits: `podshark clean` removes it.
@@ -16,6 +21,7 @@ import secrets
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 EXIT_FAIL = 1
@@ -75,9 +81,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--port", type=int, default=None, metavar="N", help="local port for the hub (default: free)"
     )
     p.add_argument("--no-ui", action="store_true", help="print the hub URL and token, forward until Ctrl-C")
+    p.add_argument(
+        "--no-tls",
+        action="store_true",
+        help="plain HTTP between workers and hub and on the API (only where something else encrypts "
+        "the cluster's traffic, e.g. a service mesh); default: HTTPS, and workers prove themselves with "
+        "client certificates",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    from podshark.tap import tls
     from podshark.tap.forward import ForwardError, PortForward
     from podshark.tap.kube import TapError, api_client, apply, existing_token, wait_rollout
     from podshark.tap.render import RenderError, TapOptions, load_patches, render, to_yaml
@@ -91,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         storage=args.storage,
         storage_size=args.storage_size,
         worker_args=list(args.worker_arg),
+        tls=not args.no_tls,
     )
     try:
         for path in args.patch:
@@ -109,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         api = api_client(args.kubeconfig, args.context)
         opts.token = existing_token(api, opts.namespace) or secrets.token_urlsafe(32)
+        if opts.tls:
+            opts.tls_material = _tls_material(api, opts.namespace, say)
         objs = render(opts)
     except (TapError, RenderError) as e:
         print(f"podshark: error: {e}", file=sys.stderr)
@@ -124,17 +141,37 @@ def run(args: argparse.Namespace) -> int:
     except TapError as e:
         print(f"podshark: error: {e}", file=sys.stderr)
         return EXIT_FAIL
+    ca_path = None
+    context = None
+    if opts.tls_material is not None:
+        from podshark.tlsconf import TlsConfigError, build_client_context
+
+        ca_path = tls.local_ca_path(api.configuration.host, opts.namespace)
+        try:
+            tls.write_local_ca(ca_path, opts.tls_material)
+            context = build_client_context("https://127.0.0.1", str(ca_path))
+        except (OSError, TlsConfigError) as e:
+            print(f"podshark: error: cannot keep the hub's CA in {ca_path}: {e}", file=sys.stderr)
+            return EXIT_FAIL
     try:
         forward = PortForward(
-            opts.namespace, local_port=args.port, kubeconfig=args.kubeconfig, context=args.context
+            opts.namespace,
+            local_port=args.port,
+            kubeconfig=args.kubeconfig,
+            context=args.context,
+            scheme="https" if context is not None else "http",
         ).start()
     except ForwardError as e:
         print(f"podshark: error: {e}", file=sys.stderr)
         return EXIT_FAIL
     say(f"hub forwarded to {forward.url}; remove everything with: podshark clean -n {opts.namespace}")
+    if ca_path is not None:
+        say(f"other clients: podshark ui --hub {forward.url} --ca {ca_path}  (calls, export: the same --ca)")
     try:
         if args.no_ui:
             print(f"hub:   {forward.url}\ntoken: {opts.token}", flush=True)
+            if ca_path is not None:
+                print(f"ca:    {ca_path}", flush=True)
             stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
             try:
@@ -142,8 +179,22 @@ def run(args: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 pass
             return 0
-        from tui.app import run_app
+        from podshark.ui_cmd import run_tui
 
-        return run_app(forward.url, opts.token, whole_history=False)
+        return run_tui(forward.url, opts.token, context)
     finally:
         forward.stop()
+
+
+def _tls_material(api: object, namespace: str, say: Callable[[str], None]) -> dict[str, str]:
+    """The TLS Secret already in the namespace when it is usable, else a fresh set (said why)."""
+    from podshark.tap import tls
+    from podshark.tap.kube import existing_secret
+
+    have = existing_secret(api, namespace, tls.SECRET)
+    if have:
+        why = tls.problem(have, namespace)
+        if why is None:
+            return {k: have[k] for k in tls.KEYS}
+        say(f"new TLS certificates: the {tls.SECRET} Secret in {namespace} cannot be kept ({why})")
+    return tls.make_material(namespace)

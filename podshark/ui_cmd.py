@@ -4,12 +4,16 @@
 The token is read like every other client's (`--token-file`, else PODSHARK_TOKEN). A hub that is
 down or refuses the token does not stop the UI: it opens, says so, and keeps retrying, so it can
 be started before the port-forward is up.
+
+An https:// hub is verified with `--ca` (`--cert`/`--key` when it wants a client certificate); the
+UI's connection line then names the option to fix when TLS fails (`podshark/tlsconf.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import ssl
 import sys
 
 EXIT_USAGE = 2
@@ -17,6 +21,7 @@ EXIT_USAGE = 2
 
 def run(args: argparse.Namespace) -> int:
     from hub.auth import AuthError, token_from
+    from podshark.tlsconf import TlsConfigError, client_context
 
     url = args.hub.strip()
     if not url.startswith(("http://", "https://")):
@@ -24,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         token = token_from(args.token_file)
-    except AuthError as e:
+        context = client_context(args, url)
+    except (AuthError, TlsConfigError) as e:
         print(f"podshark: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     if importlib.util.find_spec("textual") is None:
@@ -40,6 +46,25 @@ def run(args: argparse.Namespace) -> int:
             "--insecure-no-token will answer",
             file=sys.stderr,
         )
-    from tui.app import run_app
+    return run_tui(url, token, context, whole_history=args.history, has_cert=bool(args.cert))
 
-    return run_app(url, token, whole_history=args.history)
+
+def run_tui(
+    url: str,
+    token: str | None,
+    context: ssl.SSLContext | None,
+    *,
+    whole_history: bool = False,
+    has_cert: bool = False,
+) -> int:
+    """`tui.app.run_app` with TLS: the app's hub client gets the context and the explanations of
+    TLS failures (`podshark tap` opens the UI through this too)."""
+    from podshark.tlsconf import explain
+    from tui.app import PodsharkApp
+    from tui.client import HubClient
+    from tui.filter_history import default_path
+
+    app = PodsharkApp(url, token, whole_history=whole_history, history_path=default_path())
+    app.client = HubClient(url, token, ssl=context, explain=lambda e: explain(e, url, has_cert=has_cert))
+    code = app.run()
+    return int(code or app.return_code or 0)

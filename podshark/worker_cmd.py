@@ -4,6 +4,11 @@ The options are shared with `podshark local` and `podshark demo` (`add_capture_o
 `worker_config`), which run the same worker against an embedded hub. Exit codes: 0 after a clean
 stop (SIGTERM/SIGINT: the last calls are flushed to the hub), 1 when the worker failed while
 running, 2 when it could not start (the message says what to do).
+
+TLS to the hub (`--hub https://...` with `--hub-ca`, `--hub-cert`, `--hub-key`: `podshark/tlsconf.py`)
+is set up before capture starts: an unreadable or mismatched file stops the worker with exit 2, and
+a client certificate the hub will refuse (no clientAuth, expired, not from `--hub-ca`) is a warning
+at startup. At run time the uplink's connection lines carry what to fix when TLS is the problem.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -178,6 +184,25 @@ def worker_config(
     )
 
 
+def hub_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The uplink's TLS context from --hub-ca/--hub-cert/--hub-key (None for an http:// hub);
+    warns about a client certificate the hub will refuse, and adds the fix to the uplink's TLS
+    failure lines (`tlsconf.UplinkHints`). TlsConfigError for unusable options."""
+    from podshark.tlsconf import WORKER_FLAGS, UplinkHints, client_cert_warnings, client_context
+
+    ctx = client_context(args, args.hub, WORKER_FLAGS)
+    if ctx is None:
+        return None
+    if args.hub_cert:
+        for warning in client_cert_warnings(args.hub_cert, args.hub_ca, WORKER_FLAGS):
+            logging.getLogger("podshark.worker").warning("%s", warning)
+    uplink_log = logging.getLogger("podshark.capture.uplink")
+    for old in [f for f in uplink_log.filters if isinstance(f, UplinkHints)]:
+        uplink_log.removeFilter(old)
+    uplink_log.addFilter(UplinkHints(args.hub, has_cert=bool(args.hub_cert)))
+    return ctx
+
+
 def capture_problem() -> str | None:
     """Why this process cannot capture (one line with what to do), or None."""
     try:
@@ -193,6 +218,7 @@ def capture_problem() -> str | None:
 def run(args: argparse.Namespace) -> int:
     from capture.worker import Worker, WorkerError
     from hub.auth import AuthError, token_from
+    from podshark.tlsconf import TlsConfigError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.procs < 1:
@@ -203,13 +229,20 @@ def run(args: argparse.Namespace) -> int:
     except AuthError as e:
         print(f"podshark: error: {e}", file=sys.stderr)
         return EXIT_INPUT
+    try:
+        ssl_context = hub_tls(args)
+    except TlsConfigError as e:
+        print(f"podshark: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
     problem = capture_problem()
     if problem:
         print(f"podshark: error: {problem}", file=sys.stderr)
         return EXIT_INPUT
     token_file = args.token_file
     # re-read before every (re)connection, so a rotated token file needs no restart
-    worker = Worker(worker_config(args, args.hub, (lambda: token_from(token_file)) if token_file else token))
+    config = worker_config(args, args.hub, (lambda: token_from(token_file)) if token_file else token)
+    config.ssl = ssl_context
+    worker = Worker(config)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -9,6 +9,10 @@ port-forward gone: say so, reconnect with backoff), `Rejected` (the hub refused 
 The streams (`live`, `replay`) are async iterators of `Event`s; `live` reconnects by itself after
 a drop, announcing it with `Status` events, so the caller just keeps iterating. Summaries are
 decoded into `dissect.model.Call` (the one record every front end shares).
+
+TLS: an https:// hub is reached with the `ssl.SSLContext` the command built from its options (the
+TUI imports nothing of ours but `dissect`, so the context and the `explain` function that turns a
+TLS failure into a sentence naming the option come from `podshark/`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl as _ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,21 +134,44 @@ def _query(**params: object) -> dict[str, str]:
     return {k: str(v) for k, v in params.items() if v is not None and v != ""}
 
 
+Explain = Callable[[BaseException], str | None]
+
+
 class HubClient:
     """One aiohttp session to one hub. Create it inside the event loop that uses it."""
 
-    def __init__(self, url: str, token: str | None, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        timeout: float = 30.0,
+        *,
+        ssl: _ssl.SSLContext | None = None,
+        explain: Explain | None = None,
+    ) -> None:
+        """`ssl`: the TLS context for an https:// hub (None: the system's CAs). `explain(exc)`: a
+        sentence for a connection failure that names its fix (a TLS option), or None."""
         self.url = url.rstrip("/")
         self.token = token
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout * 4)
         self._session: aiohttp.ClientSession | None = None
+        self._ssl = ssl
+        self._explain = explain
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+            connector = aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None
+            self._session = aiohttp.ClientSession(
+                headers=self._headers, timeout=self._timeout, connector=connector
+            )
         return self._session
+
+    def _unreachable(self, e: BaseException, what: str) -> str:
+        """The sentence for a failed connection: the TLS fix when `explain` knows one."""
+        hint = self._explain(e) if self._explain is not None else None
+        return hint or f"{what}: {e or type(e).__name__}"
 
     async def close(self) -> None:
         if self._session is not None:
@@ -169,7 +197,7 @@ class HubClient:
         except HubError:
             raise
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
-            raise Unreachable(f"cannot reach the hub at {self.url}: {e or type(e).__name__}") from None
+            raise Unreachable(self._unreachable(e, f"cannot reach the hub at {self.url}")) from None
 
     async def healthz(self) -> bool:
         try:
@@ -250,7 +278,7 @@ class HubClient:
             raise
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             partial.unlink(missing_ok=True)
-            raise Unreachable(f"export from {self.url} failed: {e or type(e).__name__}") from None
+            raise Unreachable(self._unreachable(e, f"export from {self.url} failed")) from None
         partial.replace(path)
         return frames, done
 
@@ -282,10 +310,13 @@ class HubClient:
                     delay = RECONNECT_MAX
                 elif e.status == 400:
                     raise Rejected("the hub refused the filter") from None
+                elif e.status == 403:
+                    reason = "the hub requires a client certificate (403): start the UI with --cert and --key"
+                    delay = RECONNECT_MAX
                 else:
                     reason = f"the hub answered {e.status}"
             except (aiohttp.ClientError, OSError, TimeoutError) as e:
-                reason = f"cannot reach the hub at {self.url}: {e or type(e).__name__}"
+                reason = self._unreachable(e, f"cannot reach the hub at {self.url}")
             yield Status("reconnecting", reason)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX)
@@ -331,9 +362,13 @@ class HubClient:
                 raise Unauthorized("the hub refused the token (401): check PODSHARK_TOKEN") from None
             if e.status == 400:
                 raise Rejected(f"the hub refused the replay: {e.message}") from None
+            if e.status == 403:
+                raise HubError(
+                    "the hub requires a client certificate (403): start the UI with --cert and --key"
+                ) from None
             raise HubError(f"the hub answered {e.status}") from None
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
-            raise Unreachable(f"replay from {self.url} failed: {e or type(e).__name__}") from None
+            raise Unreachable(self._unreachable(e, f"replay from {self.url} failed")) from None
         raise Unreachable("the replay ended before its end message")
 
 

@@ -47,7 +47,9 @@ class PortForward:
         kubeconfig: str | None = None,
         context: str | None = None,
         kubectl: str | None = None,
+        scheme: str = "http",
     ) -> None:
+        """`scheme`: what the hub serves ("https" with TLS), for `url`."""
         found = kubectl or shutil.which("kubectl")
         if not found:
             raise ForwardError("kubectl is not on PATH: install it (podshark tap port-forwards with it)")
@@ -58,6 +60,7 @@ class PortForward:
         self.local_port = local_port or free_port()
         self.kubeconfig = kubeconfig
         self.context = context
+        self.scheme = scheme
         self.restarts = 0
         self._proc: subprocess.Popen[str] | None = None
         self._stop = threading.Event()
@@ -67,7 +70,7 @@ class PortForward:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.local_port}"
+        return f"{self.scheme}://127.0.0.1:{self.local_port}"
 
     def argv(self) -> list[str]:
         argv = [self.kubectl]

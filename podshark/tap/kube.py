@@ -4,7 +4,7 @@ Through the `kubernetes` client's DynamicClient, so any kind in the manifests is
 way: create, or on 409 a JSON merge patch of what the manifests set (what `kubectl apply` does for
 objects it did not create itself). `dry_run=True` sends everything with `dryRun=All`: the server
 runs admission and validation and stores nothing. Re-running tap keeps the token already in the
-cluster, so workers and open UIs keep working.
+cluster, so workers and open UIs keep working; so does its TLS Secret while it is usable.
 """
 
 from __future__ import annotations
@@ -77,16 +77,27 @@ def apply(api: Any, objs: list[Obj], *, dry_run: bool = False, progress: Progres
 
 def existing_token(api: Any, namespace: str) -> str | None:
     """The token a previous tap stored in this namespace, if any."""
+    return existing_secret(api, namespace, "podshark-token").get("token") or None
+
+
+def existing_secret(api: Any, namespace: str, name: str) -> dict[str, str]:
+    """A Secret's data, decoded as text; empty when there is none (or it cannot be read)."""
     import base64
+    import binascii
 
     from kubernetes import client
 
     try:
-        secret = client.CoreV1Api(api).read_namespaced_secret("podshark-token", namespace)
+        secret = client.CoreV1Api(api).read_namespaced_secret(name, namespace)
     except Exception:
-        return None
-    raw = (secret.data or {}).get("token")
-    return base64.b64decode(raw).decode() if raw else None
+        return {}
+    out = {}
+    for key, raw in (secret.data or {}).items():
+        try:
+            out[key] = base64.b64decode(raw).decode()
+        except (binascii.Error, UnicodeDecodeError, TypeError):
+            continue  # not ours, or damaged: the caller decides without it
+    return out
 
 
 @dataclass

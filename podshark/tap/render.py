@@ -9,6 +9,11 @@ rendering changes only what the options name, on plain dicts, so the YAML a user
   `podshark-worker-<ns>` so two installations in two namespaces do not overwrite each other's;
 * the image of every container;
 * the token in the Secret;
+* TLS (on unless `--no-tls`): the Secret `podshark-tls` (`podshark/tap/tls.py`: a CA, the hub's
+  certificate for the Service's names in the namespace, the workers' client certificate) placed
+  after the token's, and the CA's fingerprint as an annotation of both pod templates so a new CA
+  rolls them; with `--no-tls` the hub serves plain HTTP: its TLS arguments, the workers' `--hub-*`
+  TLS arguments, the `tls` volumes and the probes' HTTPS scheme are taken out;
 * the hub's storage: a PersistentVolumeClaim (`pvc`, needs a storage provisioner) or a hostPath
   directory on the node the hub runs on (`hostpath`, for clusters without one; an init container
   hands the directory to the hub's user, since fsGroup does not apply to hostPath volumes);
@@ -54,6 +59,8 @@ class TapOptions:
     storage: str = "pvc"
     storage_size: str = "20Gi"
     worker_args: list[str] = field(default_factory=list)  # appended to the worker's arguments
+    tls: bool = True  # HTTPS hub, workers with client certificates (False: --no-tls)
+    tls_material: dict[str, str] | None = None  # the podshark-tls Secret's PEMs; None: a fresh set
     patches: list[Obj] = field(default_factory=list)  # merged last (see the module docstring)
 
 
@@ -88,7 +95,10 @@ def render(opts: TapOptions, docs: Iterable[Obj] | None = None) -> list[Obj]:
             f"{opts.namespace!r} is not a valid namespace name (lowercase letters, digits and '-', "
             "at most 63 characters)"
         )
+    from podshark.tap import tls
+
     ns = opts.namespace
+    material = (opts.tls_material or tls.make_material(ns)) if opts.tls else None
     out: list[Obj] = []
     for src in load() if docs is None else docs:
         obj = copy.deepcopy(src)
@@ -105,8 +115,12 @@ def render(opts: TapOptions, docs: Iterable[Obj] | None = None) -> list[Obj]:
             obj["roleRef"]["name"] = f"{obj['roleRef']['name']}-{ns}"
             for subject in obj.get("subjects", []):
                 subject["namespace"] = ns
+        then: list[Obj] = []  # objects that follow this one
         if kind == "Secret" and md.get("name") == "podshark-token":
             obj["stringData"] = {"token": opts.token}
+            if material is not None:
+                then.append(tls.secret_object(ns, material))
+                then[-1]["metadata"]["labels"][MANAGED_LABEL] = ns
         if kind == "PersistentVolumeClaim":
             if opts.storage != "pvc":
                 continue
@@ -115,12 +129,19 @@ def render(opts: TapOptions, docs: Iterable[Obj] | None = None) -> list[Obj]:
         if spec is not None:
             for c in spec.get("containers", []) + spec.get("initContainers", []):
                 c["image"] = opts.image
-                c["args"] = [_hub_url(a, ns) for a in c.get("args", [])]
+                c["args"] = [_hub_url(a, ns, opts.tls) for a in c.get("args", [])]
+            if material is not None:
+                template_md = obj["spec"]["template"].setdefault("metadata", {})
+                template_md.setdefault("annotations", {})[tls.FINGERPRINT_ANNOTATION] = tls.fingerprint(
+                    material
+                )
+            else:
+                _without_tls(spec)
             if kind == "DaemonSet" and md.get("name") == "podshark-worker":
                 spec["containers"][0]["args"] += opts.worker_args
             if kind == "Deployment" and md.get("name") == "podshark-hub" and opts.storage == "hostpath":
                 _hostpath_storage(spec, opts.image)
-        out.append(obj)
+        out += [obj, *then]
     for patch in opts.patches:
         kind, name = patch.get("kind"), (patch.get("metadata") or {}).get("name")
         targets = [o for o in out if o["kind"] == kind and o["metadata"]["name"] in (name, f"{name}-{ns}")]
@@ -184,10 +205,25 @@ def _pod_spec(obj: Obj) -> Obj | None:
     return None
 
 
-def _hub_url(arg: str, ns: str) -> str:
+def _hub_url(arg: str, ns: str, tls: bool = True) -> str:
     if arg.startswith("--hub="):
-        return f"--hub=http://podshark-hub.{ns}.svc:{HUB_PORT}"
+        return f"--hub={'https' if tls else 'http'}://podshark-hub.{ns}.svc:{HUB_PORT}"
     return arg
+
+
+TLS_ARGS = ("--tls-cert=", "--tls-key=", "--client-ca=", "--hub-ca=", "--hub-cert=", "--hub-key=")
+
+
+def _without_tls(spec: Obj) -> None:
+    """A pod spec of the manifests as it runs with `--no-tls`."""
+    spec["volumes"] = [v for v in spec.get("volumes", []) if v.get("name") != "tls"]
+    for c in spec.get("containers", []):
+        c["args"] = [a for a in c.get("args", []) if not a.startswith(TLS_ARGS)]
+        c["volumeMounts"] = [m for m in c.get("volumeMounts", []) if m.get("name") != "tls"]
+        for probe in ("readinessProbe", "livenessProbe"):
+            get = (c.get(probe) or {}).get("httpGet")
+            if get is not None:
+                get.pop("scheme", None)
 
 
 def _hostpath_storage(spec: Obj, image: str) -> None:

@@ -10,7 +10,11 @@ lab's, which `make test` builds). The test runs `podshark tap` itself, as a user
   registry"); the lab's node runs only hostNetwork pods and has no DNS or kube-proxy, so the patch
   also puts the hub on the host network and points the workers at it and at the API server;
 * the worker DaemonSet and the hub Deployment run as pods; tap waits for them and port-forwards
-  the hub with `kubectl port-forward`, and prints the URL and token (`--no-ui`);
+  the hub with `kubectl port-forward`, and prints the URL, token and CA file (`--no-ui`);
+* TLS is on, as tap installs it by default: the hub serves HTTPS with `--client-ca`, the workers
+  connect with their client certificate (a worker without one would be refused, so calls at the
+  hub prove mutual TLS worked), and `podshark calls` goes through the forwarded https:// URL
+  trusting only the CA file tap wrote (under the test's own XDG_CONFIG_HOME; `clean` removes it);
 * two workload Deployments talk HTTP (a Python client calling a Python http.server over the
   node's loopback); `podshark calls` through tap's port-forward must list those calls with both
   ends' pod, namespace, Deployment and labels as kubectl shows them.
@@ -20,6 +24,7 @@ Skips (saying why) only where the lab cannot run: not root, or not Debian 12; ne
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import queue
@@ -127,6 +132,17 @@ def _bounding_caps() -> set[str]:
     return {name for name, bit in CAP_NUMBERS.items() if bnd >> bit & 1}
 
 
+def _hub_tls_args() -> list[str]:
+    """The hub's TLS arguments as the manifests give them (the patch below replaces its args)."""
+    from podshark.tap.render import TLS_ARGS, TapOptions, render
+
+    (dep,) = [o for o in render(TapOptions()) if o["kind"] == "Deployment"]
+    args: list[str] = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    tls = [a for a in args if a.startswith(TLS_ARGS)]
+    assert len(tls) == 3, args
+    return tls
+
+
 def _patch(lab: Lab, hub_port: int, state: Path) -> str:
     """The lab's differences from a real cluster, as `tap --patch` documents."""
     python = [str(REPO / ".venv" / "bin" / "python"), "-m", "podshark"]
@@ -161,7 +177,7 @@ def _patch(lab: Lab, hub_port: int, state: Path) -> str:
                 "name": "hub",
                 "command": python,
                 "args": ["hub", "--db=/data", f"--listen=0.0.0.0:{hub_port}",
-                         "--token-file=/var/run/podshark/token"],
+                         "--token-file=/var/run/podshark/token", *_hub_tls_args()],
                 "ports": [{"name": "api", "containerPort": hub_port}],
                 "volumeMounts": mounts,
             }],
@@ -247,11 +263,11 @@ class Tap:
         for line in self.proc.stdout:
             self.lines.put(line.rstrip("\n"))
 
-    def hub(self, timeout: float) -> tuple[str, str]:
-        """The URL and token tap prints once the rollout is done and the forward is up."""
+    def hub(self, timeout: float) -> tuple[str, str, str]:
+        """The URL, token and CA file tap prints once the rollout is done and the forward is up."""
         got: dict[str, str] = {}
         deadline = time.monotonic() + timeout
-        while len(got) < 2:
+        while len(got) < 3:
             if self.proc.poll() is not None:
                 raise AssertionError(f"tap exited {self.proc.returncode}: {self.log.read_text()[-4000:]}")
             try:
@@ -261,9 +277,9 @@ class Tap:
                     raise AssertionError(f"tap printed no hub URL: {self.log.read_text()[-4000:]}") from None
                 continue
             key, _, value = line.partition(":")
-            if key in ("hub", "token"):
+            if key in ("hub", "token", "ca"):
                 got[key] = value.strip()
-        return got["hub"], got["token"]
+        return got["hub"], got["token"], got["ca"]
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -294,12 +310,13 @@ def _port_forwards(parent: int) -> list[int]:
     return found
 
 
-def _answers(url: str, token: str) -> bool:
+def _answers(url: str, token: str, ca: str) -> bool:
+    import ssl
     import urllib.request
 
     req = urllib.request.Request(url + "/api/v1/calls?limit=1", headers={"Authorization": f"Bearer {token}"})
     try:
-        with urllib.request.urlopen(req, timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=5, context=ssl.create_default_context(cafile=ca)) as r:
             return r.status == 200
     except OSError:
         return False
@@ -321,17 +338,23 @@ def test_tap_on_a_real_node_shows_deployment_to_deployment_calls(node_lab: Lab, 
         what="the apps namespace's token",
     )
     lab.apply(*_apps(app_port))
+    config = tmp_path / "config"  # where tap keeps the hub's CA for the user (XDG_CONFIG_HOME)
+    env = {**env, "XDG_CONFIG_HOME": str(config)}
     tap = Tap(
         [PODSHARK, "tap", "--kubeconfig", str(lab.kubeconfig), "--namespace", NAMESPACE, "--image", IMAGE,
          "--storage", "hostpath", "--patch", str(patch), "--timeout", "240", "--no-ui",
-         f"--worker-arg=--hub=http://127.0.0.1:{hub_port}", "--worker-arg=--interface=lo"],
+         f"--worker-arg=--hub=https://127.0.0.1:{hub_port}", "--worker-arg=--interface=lo"],
         tmp_path / "tap.log",
         env,  # the lab's kubectl on PATH, for the port-forward
     )  # fmt: skip
     try:
-        url, token = tap.hub(timeout=300)
+        url, token, ca = tap.hub(timeout=300)
         progress = tap.log.read_text()
         assert "workers 1/1 ready, hub 1/1 ready" in progress, progress[-3000:]
+        assert url.startswith("https://127.0.0.1:") and Path(ca).is_relative_to(config), (url, ca)
+        assert f"podshark ui --hub {url} --ca {ca}" in progress
+        secret = lab.get("-n", NAMESPACE, "secret", "podshark-tls")["data"]
+        assert base64.b64decode(secret["ca.crt"]) == Path(ca).read_bytes()  # the CA the cluster uses
         pods = {
             p["metadata"]["labels"]["app"]: p
             for p in lab.get("-n", APPS, "pods")["items"]
@@ -341,7 +364,7 @@ def test_tap_on_a_real_node_shows_deployment_to_deployment_calls(node_lab: Lab, 
 
         def calls() -> list[dict[str, Any]]:
             r = subprocess.run(
-                [PODSHARK, "calls", "--hub", url, "--json",
+                [PODSHARK, "calls", "--hub", url, "--ca", ca, "--json",
                  "--filter", 'dst.workload == "Deployment/server"'],
                 cwd=REPO, env={**env, "PODSHARK_TOKEN": token}, capture_output=True, text=True, timeout=60,
                 check=False,
@@ -371,14 +394,16 @@ def test_tap_on_a_real_node_shows_deployment_to_deployment_calls(node_lab: Lab, 
         assert len(forwards) == 1, forwards
         os.kill(forwards[0], signal.SIGKILL)
         wait_for(lambda: _port_forwards(tap.proc.pid) not in ([], forwards), what="a new port-forward")
-        assert wait_for(lambda: _answers(url, token), timeout=60, what=f"{url} to answer again")
+        assert wait_for(lambda: _answers(url, token, ca), timeout=60, what=f"{url} to answer again")
         assert tap.stop() == 0
     finally:
         tap.stop()
-        subprocess.run(
+        cleaned = subprocess.run(
             [PODSHARK, "clean", "--kubeconfig", str(lab.kubeconfig), "--namespace", NAMESPACE,
              "--wait", "120"],
-            cwd=REPO, capture_output=True, text=True, timeout=180, check=False,
+            cwd=REPO, capture_output=True, text=True, timeout=180, check=False, env=env,
         )  # fmt: skip
         lab.kubectl("delete", "namespace", APPS, "--wait=false", check=False)
         shutil.rmtree(state, ignore_errors=True)
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert "removed the local copy of the hub's CA" in cleaned.stderr and not Path(ca).exists()
