@@ -397,7 +397,8 @@ class _Counts:
     batches_acked: int = 0
     connects: int = 0
     reconnects: int = 0
-    auth_failures: int = 0
+    auth_failures: int = 0  # 401 (token) and 403 (client certificate) answers
+    tls_failures: int = 0  # TLS handshakes that failed (untrusted hub, refused client certificate)
     hub_errors: int = 0  # error messages from the hub, and messages that were not understood
     exports: int = 0
     export_errors: int = 0
@@ -422,6 +423,7 @@ class Uplink:
         stats: Callable[[], dict[str, Any]] | None = None,
         export: ExportFn | None = None,
         ssl: Any = None,
+        explain: Callable[[BaseException | str], str | None] | None = None,
         buffer_max_bytes: int = 64 << 20,
         auth_retry: float = 15.0,
         export_chunk_bytes: int = 1 << 20,
@@ -430,8 +432,11 @@ class Uplink:
         attempt, so a rotated token file is picked up). `stats()` is the worker's own report (its
         `drops` are merged with the uplink's). `export(from_ns, to_ns, flow_ids)` yields (ts,
         linktype, orig_len, data, flow_id) in time order. `ssl` is passed to aiohttp (an
-        `ssl.SSLContext` for a private CA or client certificates). Raises ValueError for a hub URL
-        that is not one, OSError when the spool directory cannot be made."""
+        `ssl.SSLContext` for a private CA or client certificates). `explain(failure)` names the fix
+        for a connection failure in the words of the command that started the worker (its option
+        names), or None; TLS failures and a 403 (the hub wants a client certificate) get their own
+        state and line. Raises ValueError for a hub URL that is not one, OSError when the spool
+        directory cannot be made."""
         if batch_max < 1 or window < 1 or spool_max_bytes < 1 or buffer_max_bytes < 1:
             raise ValueError("batch_max, window, spool_max_bytes and buffer_max_bytes must be positive")
         self.url = wire.ingest_url(hub_url)
@@ -449,6 +454,7 @@ class Uplink:
         self._stats_fn = stats
         self._export_fn = export
         self._ssl = ssl
+        self._explain = explain
         # submit side (any thread), under _lock
         self._lock = threading.Lock()
         self._buf: list[bytes] = []
@@ -528,6 +534,7 @@ class Uplink:
             "connects": c.connects,
             "reconnects": c.reconnects,
             "auth_failures": c.auth_failures,
+            "tls_failures": c.tls_failures,
             "hub_errors": c.hub_errors,
             "exports": c.exports,
             "export_errors": c.export_errors,
@@ -752,6 +759,15 @@ class Uplink:
                     "calls are spooled meanwhile",
                     logging.ERROR,
                 )
+            elif e.status == 403:  # a podshark hub's only 403 on ingest: no (accepted) client certificate
+                self.counts.auth_failures += 1
+                why = self._hint(e) or "it requires a client certificate from workers (its --client-ca)"
+                self._set_state(
+                    "forbidden",
+                    f"the hub at {self.url} refused the ingest WebSocket (403): {why}; retrying every "
+                    f"{self.auth_retry:g} s, calls are spooled meanwhile",
+                    logging.ERROR,
+                )
             else:
                 self._set_state(
                     f"refused-{e.status}",
@@ -760,17 +776,40 @@ class Uplink:
                     logging.ERROR,
                 )
             return False, self.auth_retry
-        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+        except aiohttp.ClientSSLError as e:  # certificate not trusted, handshake refused
+            self.counts.tls_failures += 1
+            tls_hint = self._hint(e)
             self._set_state(
-                "unreachable",
-                f"cannot reach the hub at {self.url}: {e or type(e).__name__}; retrying with "
-                f"backoff, calls are spooled in {self.spool.dir} meanwhile",
+                "tls",
+                f"TLS with the hub at {self.url} failed: {e}"
+                + (f" — {tls_hint}" if tls_hint else "")
+                + f"; retrying every {self.auth_retry:g} s, calls are spooled meanwhile",
+                logging.ERROR,
+            )
+            return False, self.auth_retry
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            hint = self._hint(e)
+            self._set_state(
+                "unreachable" if hint is None else f"unreachable: {hint}",
+                f"cannot reach the hub at {self.url}: {e or type(e).__name__}"
+                + (f" — {hint}" if hint else "")
+                + f"; retrying with backoff, calls are spooled in {self.spool.dir} meanwhile",
                 logging.WARNING,
             )
             return False, None
         except Exception:
             log.exception("uplink: connection to %s failed unexpectedly; reconnecting", self.url)
             return False, None
+
+    def _hint(self, failure: BaseException) -> str | None:
+        """The fix for a connection failure, from the `explain` hook (never raises)."""
+        if self._explain is None:
+            return None
+        try:
+            return self._explain(failure)
+        except Exception:
+            log.debug("uplink: explain hook failed", exc_info=True)
+            return None
 
     async def _session(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         """One connection: hello, stats, then send, receive and report until it ends."""

@@ -74,6 +74,8 @@ class WorkerConfig:
     rescan_interval: float = 2.0
     stats_interval: float = 2.0
     ssl: Any = None  # an ssl.SSLContext for a wss:// hub
+    # names the fix for a failed hub connection in the command's words (`Uplink`'s `explain`)
+    explain_failure: Callable[[BaseException | str], str | None] | None = None
 
 
 class WorkerError(Exception):
@@ -289,6 +291,7 @@ class Worker:
             stats=self.stats,
             export=self._export,
             ssl=self.config.ssl,
+            explain=self.config.explain_failure,
         )
         if self.config.tls and self.config.procs > 1:
             from capture.tls import OpaqueFilter

@@ -18,9 +18,9 @@ The hub's side (serving HTTPS, requiring client certificates) is `hub/tls.py`.
 from __future__ import annotations
 
 import argparse
-import logging
 import re
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -271,40 +271,20 @@ def forbidden(flags: Flags = CLIENT_FLAGS) -> str:
     )
 
 
-class UplinkHints(logging.Filter):
-    """Adds the fix to the worker uplink's connection messages when they are TLS problems.
+def uplink_explainer(url: str, has_cert: bool) -> Callable[[BaseException | str], str | None]:
+    """The worker uplink's `explain` hook (`capture.uplink.Uplink`): the fix for a failed hub
+    connection in the worker's option names. A 403 on ingest means the hub wants a client
+    certificate (the TLS layer itself refuses a bad one)."""
 
-    The uplink (`capture/uplink.py`) logs one line per change of connection state, with the
-    exception's text; this filter, on the `capture.uplink` logger, appends what `explain` says for
-    that text and turns the uplink's "answered 403 to the ingest WebSocket" (it has no other reason
-    to get one) into what the hub meant: a client certificate is required."""
-
-    _403 = re.compile(r"answered 403 to the ingest WebSocket(?:: is it a podshark hub\?)?")
-
-    def __init__(self, url: str, has_cert: bool) -> None:
-        super().__init__()
-        self.url = url
-        self.has_cert = has_cert
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a record whose arguments do not format: leave it to logging
-            return True
-        new = message
-        if self._403.search(message):  # the TLS layer refuses a bad certificate; a 403 means none came
-            why = (
-                f"the hub requires a client certificate for ingest: pass {WORKER_FLAGS.cert} and "
+    def explain_failure(failure: BaseException | str) -> str | None:
+        if getattr(failure, "status", None) == 403:
+            return (
+                f"it requires a client certificate for ingest: pass {WORKER_FLAGS.cert} and "
                 f"{WORKER_FLAGS.key} issued by its --client-ca (podshark certs)"
             )
-            new = self._403.sub(f"answered 403 to the ingest WebSocket: {why};", message, count=1)
-        else:
-            hint = explain(message, self.url, WORKER_FLAGS, has_cert=self.has_cert)
-            if hint and hint not in message:
-                new = f"{message} — {hint}"
-        if new is not message:
-            record.msg, record.args = new, None
-        return True
+        return explain(failure, url, WORKER_FLAGS, has_cert=has_cert)
+
+    return explain_failure
 
 
 def client_cert_warnings(cert: str, ca: str | None, flags: Flags = CLIENT_FLAGS) -> list[str]:

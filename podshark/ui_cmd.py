@@ -60,11 +60,8 @@ def run_tui(
     """`tui.app.run_app` with TLS: the app's hub client gets the context and the explanations of
     TLS failures (`podshark tap` opens the UI through this too)."""
     from podshark.tlsconf import explain
-    from tui.app import PodsharkApp
-    from tui.client import HubClient
-    from tui.filter_history import default_path
+    from tui.app import run_app
 
-    app = PodsharkApp(url, token, whole_history=whole_history, history_path=default_path())
-    app.client = HubClient(url, token, ssl=context, explain=lambda e: explain(e, url, has_cert=has_cert))
-    code = app.run()
-    return int(code or app.return_code or 0)
+    return run_app(
+        url, token, whole_history, ssl=context, explain=lambda e: explain(e, url, has_cert=has_cert)
+    )

@@ -185,10 +185,9 @@ def worker_config(
 
 
 def hub_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
-    """The uplink's TLS context from --hub-ca/--hub-cert/--hub-key (None for an http:// hub);
-    warns about a client certificate the hub will refuse, and adds the fix to the uplink's TLS
-    failure lines (`tlsconf.UplinkHints`). TlsConfigError for unusable options."""
-    from podshark.tlsconf import WORKER_FLAGS, UplinkHints, client_cert_warnings, client_context
+    """The uplink's TLS context from --hub-ca/--hub-cert/--hub-key (None for an http:// hub), and
+    warnings about a client certificate the hub will refuse. TlsConfigError for unusable options."""
+    from podshark.tlsconf import WORKER_FLAGS, client_cert_warnings, client_context
 
     ctx = client_context(args, args.hub, WORKER_FLAGS)
     if ctx is None:
@@ -196,10 +195,6 @@ def hub_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     if args.hub_cert:
         for warning in client_cert_warnings(args.hub_cert, args.hub_ca, WORKER_FLAGS):
             logging.getLogger("podshark.worker").warning("%s", warning)
-    uplink_log = logging.getLogger("podshark.capture.uplink")
-    for old in [f for f in uplink_log.filters if isinstance(f, UplinkHints)]:
-        uplink_log.removeFilter(old)
-    uplink_log.addFilter(UplinkHints(args.hub, has_cert=bool(args.hub_cert)))
     return ctx
 
 
@@ -218,7 +213,7 @@ def capture_problem() -> str | None:
 def run(args: argparse.Namespace) -> int:
     from capture.worker import Worker, WorkerError
     from hub.auth import AuthError, token_from
-    from podshark.tlsconf import TlsConfigError
+    from podshark.tlsconf import TlsConfigError, uplink_explainer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.procs < 1:
@@ -242,6 +237,7 @@ def run(args: argparse.Namespace) -> int:
     # re-read before every (re)connection, so a rotated token file needs no restart
     config = worker_config(args, args.hub, (lambda: token_from(token_file)) if token_file else token)
     config.ssl = ssl_context
+    config.explain_failure = uplink_explainer(args.hub, has_cert=bool(args.hub_cert))
     worker = Worker(config)
 
     async def main() -> None:

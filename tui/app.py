@@ -37,6 +37,7 @@ import inspect
 import time
 from collections.abc import Callable
 from pathlib import Path
+from ssl import SSLContext
 from typing import ClassVar
 
 from textual.app import App
@@ -44,7 +45,7 @@ from textual.binding import Binding, BindingType
 from textual.command import Hits, Provider
 from textual.screen import Screen
 
-from tui.client import HubClient
+from tui.client import Explain, HubClient
 from tui.filter_history import FilterHistory, default_path
 from tui.screens.main import MainScreen
 
@@ -102,12 +103,16 @@ class PodsharkApp(App[int]):
         history_path: Path | None = None,
         filter_text: str = "",
         now_ns: Callable[[], int] = time.time_ns,
+        ssl: SSLContext | None = None,
+        explain: Explain | None = None,
     ) -> None:
         """`hub_label`: how the status line names the hub (default: its URL; snapshots pass a
-        fixed one). `history_path`: where filter history persists (None: memory only)."""
+        fixed one). `history_path`: where filter history persists (None: memory only). `ssl` and
+        `explain` go to the hub client (`tui.client.HubClient`): an https:// hub's TLS context, and
+        the sentence naming the fix for a failed connection."""
         super().__init__()
         self.url = url
-        self.client = HubClient(url, token)
+        self.client = HubClient(url, token, ssl=ssl, explain=explain)
         self.whole_history = whole_history
         self.hub_label = hub_label or url
         self.page_size = max(1, min(page_size, 10_000))
@@ -139,8 +144,17 @@ class PodsharkApp(App[int]):
             self.push_screen(HelpScreen())
 
 
-def run_app(url: str, token: str | None, whole_history: bool = False) -> int:
+def run_app(
+    url: str,
+    token: str | None,
+    whole_history: bool = False,
+    *,
+    ssl: SSLContext | None = None,
+    explain: Explain | None = None,
+) -> int:
     """Run the TUI until the user quits; the exit status for the command."""
-    app = PodsharkApp(url, token, whole_history=whole_history, history_path=default_path())
+    app = PodsharkApp(
+        url, token, whole_history=whole_history, history_path=default_path(), ssl=ssl, explain=explain
+    )
     code = app.run()
     return int(code or app.return_code or 0)

@@ -490,32 +490,25 @@ def test_explaining_arbitrary_error_text_never_raises_and_names_an_option() -> N
     check()
 
 
-def test_uplink_hints_rewrite_only_tls_lines_and_survive_bad_records() -> None:
-    import logging
+def test_the_uplink_explainer_names_the_worker_options() -> None:
+    """What the worker's uplink appends to its connection failures (`Uplink(explain=...)`)."""
+    import aiohttp
 
-    from podshark.tlsconf import UplinkHints
+    from podshark.tlsconf import uplink_explainer
 
-    hints = UplinkHints("https://hub:8898", has_cert=True)
-
-    def record(msg: str, *args: object) -> logging.LogRecord:
-        r = logging.LogRecord("podshark.capture.uplink", logging.WARNING, __file__, 1, msg, args, None)
-        assert hints.filter(r)
-        return r
-
-    plain = record("connected to the hub at %s", "wss://hub:8898")
-    assert plain.getMessage() == "connected to the hub at wss://hub:8898"
-    bad = record("%d calls", "not a number")  # a record that does not format stays as it is
-    assert bad.msg == "%d calls"
-    refused = record("%s", "the hub at wss://hub:8898 answered 403 to the ingest WebSocket: is it a podshark "
-                     "hub? retrying every 15 s")  # fmt: skip
-    assert "requires a client certificate for ingest: pass --hub-cert" in refused.getMessage()
-    assert refused.getMessage().endswith("retrying every 15 s")
-    untrusted = record(
-        "%s",
-        "cannot reach the hub: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: "
-        "unable to get local issuer certificate (_ssl.c:1006)')]; retrying",
+    explain_failure = uplink_explainer("https://hub:8898", has_cert=True)
+    refused = aiohttp.WSServerHandshakeError(None, (), status=403, message="Forbidden")  # type: ignore[arg-type]
+    assert explain_failure(refused) == (
+        "it requires a client certificate for ingest: pass --hub-cert and --hub-key issued by its "
+        "--client-ca (podshark certs)"
     )
-    assert "pass --hub-ca with the CA that signed it" in untrusted.getMessage()
+    untrusted = explain_failure(
+        "Cannot connect to host hub:8898 ssl:True [SSLCertVerificationError: (1, '[SSL: "
+        "CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable to get local issuer certificate "
+        "(_ssl.c:1006)')]"
+    )
+    assert untrusted is not None and "pass --hub-ca with the CA that signed it" in untrusted
+    assert explain_failure("Connection refused") is None  # not a TLS problem: the uplink's own line stands
 
 
 def test_the_hubs_refusal_log_is_bounded_and_counts_what_it_held_back(

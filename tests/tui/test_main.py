@@ -652,5 +652,7 @@ def test_run_app_is_what_podshark_open_calls() -> None:
 
     from tui.app import run_app
 
-    assert list(inspect.signature(run_app).parameters) == ["url", "token", "whole_history"]
+    params = inspect.signature(run_app).parameters
+    assert list(params) == ["url", "token", "whole_history", "ssl", "explain"]
+    assert all(params[k].kind is inspect.Parameter.KEYWORD_ONLY for k in ("ssl", "explain"))
     assert os.environ["TZ"] == "UTC"
