@@ -22,6 +22,7 @@ from bench import (
     hub_ingest,
     hub_query,
     k8s_index,
+    tls_keylog,
     tls_trace,
     worker_capture,
     worker_stages,
@@ -43,6 +44,7 @@ BENCHES: dict[str, tuple[Bench, str]] = {
     worker_capture.NAME: (worker_capture.run, worker_capture.TITLE),
     worker_stages.NAME: (worker_stages.run, worker_stages.TITLE),
     tls_trace.NAME: (tls_trace.run, tls_trace.TITLE),
+    tls_keylog.NAME: (tls_keylog.run, tls_keylog.TITLE),
     k8s_index.NAME: (k8s_index.run, k8s_index.TITLE),
 }
 
