@@ -3,9 +3,10 @@
 Why TPACKET_V3: the kernel writes frames straight into a ring of blocks shared with us and hands over a
 whole block at a time (when it is full, or `retire_ms` after its first frame), so reading costs no
 system call per packet (recv() from Python manages ~50k packets/s). The read loop (`Ring._read_block`)
-is written for speed: one `struct.unpack_from` per frame header, one bytes copy per frame (slicing
-the mmap), one tuple per frame, nothing else; it reads 1.2-1.9 million frames/s per core (64- to
-1500-byte frames from tcpreplay on a veth), so the time goes to what the caller does with them.
+is written for speed: one `struct.unpack_from` per frame header, its packet-type byte (for the
+interface counters), one bytes copy per frame (slicing the mmap), one tuple per frame, nothing
+else; it reads 1.2-1.9 million frames/s per core (64- to 1500-byte frames from tcpreplay on a veth,
+measured before the interface counters were added), so the time goes to what the caller does.
 
 Frames arrive as the kernel's taps see them, which differs from the wire in ways that matter:
 
@@ -18,6 +19,12 @@ Frames arrive as the kernel's taps see them, which differs from the wire in ways
   read loop skips them), so each packet is seen once, as libpcap does.
 - Checksums of locally sent packets are often not computed yet (checksum offload): they are never
   looked at here, and a packet is never dropped for one.
+- Traffic per interface (`Ring.traffic`): every frame the ring delivers is counted as received or
+  sent by its packet type (PACKET_OUTGOING is sent), in bytes as `tp_len` says, which is what the
+  kernel's /sys/class/net/IF/statistics count (link-layer header included, a GSO super-frame as one
+  packet). Frames the capture filter refused or the ring dropped are not counted. On `lo` the kernel
+  does not hand us outgoing frames, everything looped is both sent and received (sent = received),
+  and its counters leave out the 14-byte Ethernet header its taps show (so do ours).
 - A VLAN tag the kernel took out of the frame into packet metadata (the receive path does that before
   the taps see it; NICs and veth with VLAN offload do it on send) is put back, as libpcap does, so
   frames equal tcpdump's byte for byte.
@@ -100,10 +107,12 @@ ARPHRD_TO_LINKTYPE: dict[int, int] = {
 # --- ring layout ---
 _BLOCK_STATUS = 8  # struct tpacket_block_desc: version, offset_to_priv, then tpacket_hdr_v1
 _BLOCK_HDR = struct.Struct("<II")  # num_pkts, offset_to_first_pkt (at offset 12)
-# struct tpacket3_hdr: tp_next_offset, tp_sec, tp_nsec, tp_snaplen, tp_len, tp_status, tp_mac
-_FRAME_HDR = struct.Struct("<IIIIIIH")
-_VLAN = struct.Struct("<IHH")  # tp_vlan_tci, tp_vlan_tpid, padding (at offset 32 of tpacket3_hdr)
+# struct tpacket3_hdr: tp_next_offset, tp_sec, tp_nsec, tp_snaplen, tp_len, tp_status, tp_mac, and,
+# in the same unpack (cheaper than indexing the map again), the sockaddr_ll's sll_pkttype
 _SLL_PKTTYPE = 48 + 10  # sockaddr_ll follows the 48-byte tpacket3_hdr; sll_pkttype is its byte 10
+_FRAME_HDR = struct.Struct(f"<IIIIIIH{_SLL_PKTTYPE - 26}xB")
+_VLAN = struct.Struct("<IHH")  # tp_vlan_tci, tp_vlan_tpid, padding (at offset 32 of tpacket3_hdr)
+_ETH_HEADER = 14
 _FRAME_SIZE = 2048  # TPACKET_V3 packs frames of any size into a block; this only has to be valid
 _MIN_BLOCK = 1 << 17  # 128 KiB: holds a 64 KiB GSO frame with its headers
 _STATS_V3 = struct.Struct("<III")  # tp_packets (includes drops), tp_drops, tp_freeze_q_cnt
@@ -240,6 +249,7 @@ class Ring:
         self._cur = 0  # the block the kernel hands over next
         self._pending: Iterator[Frame] = iter(())  # frames of a block read but not yet taken
         self._totals = [0, 0, 0]
+        self._traffic = [0, 0, 0, 0]  # rx_packets, rx_bytes, tx_packets, tx_bytes (see `traffic`)
         self._skip_out = False
         self.linktype = LINKTYPE_ETHERNET
         self.arphrd = ARPHRD_ETHER
@@ -376,11 +386,16 @@ class Ring:
         unpack = _FRAME_HDR.unpack_from
         lt = self.linktype
         skip_out = self._skip_out
+        nbytes = txp = txb = 0  # all frames' bytes, sent frames and bytes: received = the rest
         for _ in range(num):
-            nxt, sec, nsec, snap, length, status, mac = unpack(m, p)
-            if skip_out and m[p + _SLL_PKTTYPE] == PACKET_OUTGOING:
-                p += nxt
-                continue
+            nxt, sec, nsec, snap, length, status, mac, pkttype = unpack(m, p)
+            if pkttype == PACKET_OUTGOING:
+                if skip_out:
+                    p += nxt
+                    continue
+                txp += 1
+                txb += length
+            nbytes += length
             if status & TP_STATUS_VLAN_VALID and lt == LINKTYPE_ETHERNET:
                 append((sec * _NS + nsec, lt, self._with_vlan(m, p, mac, snap, status), length + 4))
             else:
@@ -388,6 +403,11 @@ class Ring:
             p += nxt
         m[base + _BLOCK_STATUS : base + _BLOCK_STATUS + 4] = b"\0\0\0\0"  # back to TP_STATUS_KERNEL
         self._cur = (self._cur + 1) % self.blocks
+        t = self._traffic
+        t[0] += len(out) - txp
+        t[1] += nbytes - txb
+        t[2] += txp
+        t[3] += txb
         return out
 
     @staticmethod
@@ -441,6 +461,17 @@ class Ring:
             t[1] += drops
             t[2] += freezes
         return RingStats(*self._totals)
+
+    def traffic(self) -> dict[str, int]:
+        """Frames and bytes received and sent on the interface since the ring opened, counted from
+        the frames read so far (see the module docstring for what matches the kernel's counters)."""
+        rxp, rxb, txp, txb = self._traffic
+        if self.arphrd == ARPHRD_LOOPBACK:
+            # the kernel counts lo's bytes without the (zeroed) Ethernet header its taps show, and
+            # every looped packet as sent and received; we only see it arrive
+            rxb -= _ETH_HEADER * rxp
+            txp, txb = rxp, rxb
+        return {"rx_bytes": rxb, "rx_packets": rxp, "tx_bytes": txb, "tx_packets": txp}
 
     def close(self) -> None:
         """Unmap the ring and close the socket; safe to call more than once."""

@@ -13,10 +13,12 @@ Children talk to the parent over a duplex pipe:
 
     parent -> child: ("open", ifname, group) | ("close", ifname) | ("stop",)
     child -> parent: ("opened", ifname, error | None) | ("calls", [Call JSON bytes]) | ("stats", {...})
-                     | ("stopped",)
+                     | ("flows", [FlowAggregate JSON bytes]) | ("stopped",)
 
 Calls cross as JSON (the record's own wire form); the parent adds process identity, redacts and
-uplinks them. A child that dies is reported in the stats (its interfaces' packets stop being
+uplinks them. Flow aggregates (with accounting on) cross the same way to the worker's ``on_flows``;
+each process folds only the flows the kernel gave it, so the keys of several processes add up at the
+hub like any late row. A child that dies is reported in the stats (its interfaces' packets stop being
 counted there); the worker exits non-zero so its supervisor (the DaemonSet) restarts it whole,
 because a group with a member missing would split flows differently from then on.
 """
@@ -35,6 +37,7 @@ from typing import Any, cast
 
 from capture.backend import STATS_EVERY, OnCalls
 from capture.pipeline import Pipeline, PipelineConfig
+from dissect.flowstats import FlowAggregate
 from dissect.model import Call
 
 log = logging.getLogger("podshark.capture")
@@ -59,9 +62,11 @@ def _child(conn: Connection, config: PipelineConfig) -> None:
                 elif msg[0] == "stop":
                     conn.send(("stats", pipe.stats()))
                     _send_calls(conn, pipe.finish())
+                    _send_flows(conn, pipe)
                     conn.send(("stopped",))
                     return
             _send_calls(conn, pipe.step(0.05))
+            _send_flows(conn, pipe)
             now = time.monotonic()
             if now >= next_stats:
                 next_stats = now + STATS_EVERY
@@ -73,6 +78,13 @@ def _child(conn: Connection, config: PipelineConfig) -> None:
 def _send_calls(conn: Connection, calls: list[Call]) -> None:
     for k in range(0, len(calls), BATCH_CALLS):
         conn.send(("calls", [c.to_json_bytes() for c in calls[k : k + BATCH_CALLS]]))
+
+
+def _send_flows(conn: Connection, pipe: Pipeline) -> None:
+    """The aggregates the child's pipeline kept (it has no ``on_flows``: the parent has)."""
+    flows = pipe.take_flows()
+    for k in range(0, len(flows), BATCH_CALLS):
+        conn.send(("flows", [a.to_json_bytes() for a in flows[k : k + BATCH_CALLS]]))
 
 
 class Fanout:
@@ -111,6 +123,8 @@ class Fanout:
                 frame_mask=self.config.frame_mask,
                 tls=self.config.tls and k == 0,  # one tracer per node: the first process feeds it
                 worker_pid=self.config.worker_pid,
+                flow_interval_ns=self.config.flow_interval_ns,
+                flow_max_keys=self.config.flow_max_keys,  # on_flows stays None: flows come back here
             )
             proc = self._ctx.Process(
                 target=_child, args=(child, cfg), name=f"podshark-capture-{k}", daemon=True
@@ -177,10 +191,17 @@ class Fanout:
         interfaces: dict[str, dict[str, int]] = {}
         for p in parts:
             for name, s in p.get("interfaces", {}).items():
-                d = interfaces.setdefault(name, {"packets": 0, "drops": 0})
-                d["packets"] += s.get("packets", 0)
-                d["drops"] += s.get("drops", 0)
+                d = interfaces.setdefault(name, {})
+                for counter, value in s.items():  # packets, drops and the rx/tx traffic counters
+                    if isinstance(value, int):
+                        d[counter] = d.get(counter, 0) + value
         merged["interfaces"] = interfaces
+        accounting = [p["flow_accounting"] for p in parts if isinstance(p.get("flow_accounting"), dict)]
+        if accounting:  # counters add up; the settings (interval, key cap per process) are shared
+            merged["flow_accounting"] = {
+                k: v if k in ("interval_s", "max_keys") else sum(int(a.get(k, 0)) for a in accounting)
+                for k, v in accounting[0].items()
+            }
         merged["errors"] = [e for p in parts for e in p.get("errors", [])][-8:]
         tls = next((p["tls"] for p in parts if "tls" in p), None)  # only the first process traces
         if tls is not None:
@@ -222,6 +243,9 @@ class Fanout:
                 kind = msg[0]
                 if kind == "calls":
                     self._on_calls([Call.from_json(b) for b in msg[1]])
+                elif kind == "flows":
+                    if self.config.on_flows is not None:
+                        self.config.on_flows([FlowAggregate.from_json(b) for b in msg[1]])
                 elif kind == "stats":
                     with self._lock:
                         self._stats[k] = msg[1]

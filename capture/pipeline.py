@@ -24,6 +24,12 @@ Why the pieces are in this order:
   bytes are kept on the node).
 - `tick` closes connections that went idle by the clock (a live capture has quiet periods with no
   packet to advance the engine's time) and makes the spool's recent frames readable.
+- Flow accounting (`flow_interval_ns`): the engine counts every frame of a flow and folds the
+  counts into `dissect.flowstats.FlowAggregate`s per interval; `step` hands each finished
+  interval's aggregates to ``on_flows`` (on this thread, like the calls), or keeps them, bounded,
+  for `take_flows` when no callback is set (a fan-out child sends them to its parent itself).
+  Each ring also counts the frames and bytes it received and sent (`Ring.traffic`), before dedupe:
+  the per-interface figures of `stats` are what crossed that interface.
 
 Ids: calls are `<node>/<ULID>` (`capture.ids.CallIds`), flows `<node>/<run>[-<index>]/f<n>`: the node
 name first so the hub knows which worker's spool holds a flow; the run id so a restarted worker (or
@@ -47,12 +53,16 @@ from capture.dedupe import Deduper
 from capture.ids import CallIds
 from capture.spool import PacketSpool
 from dissect.engine import Engine
+from dissect.flowstats import DEFAULT_MAX_KEYS, FlowAccounting, FlowAggregate
 from dissect.model import Call
 
 log = logging.getLogger("podshark.capture")
 
 TICK_EVERY_NS = 500_000_000  # idle sweep and spool flush at most twice a second
 STEP_FRAMES = 4096  # frames taken from one ring per step
+MAX_KEPT_FLOWS = 100_000  # aggregates kept for `take_flows` when nobody takes them; the oldest go first
+
+OnFlows = Callable[[list[FlowAggregate]], None]
 
 
 @dataclass
@@ -68,6 +78,9 @@ class PipelineConfig:
     frame_mask: Callable[[int, bytes], bytes] | None = None  # the redactor for raw frames
     tls: bool = False  # TLS plaintext through eBPF uprobes (capture.tls); one process of a fan-out
     worker_pid: int = field(default_factory=os.getpid)  # its own TLS (the uplink) is not traced
+    flow_interval_ns: int = 0  # flow accounting's interval (dissect.flowstats); 0: no accounting
+    flow_max_keys: int = DEFAULT_MAX_KEYS  # aggregates per interval before folding into "other"
+    on_flows: OnFlows | None = None  # finished intervals' aggregates, on the capture thread
     source: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
@@ -89,7 +102,14 @@ class Pipeline:
         hook = None
         if self.spool is not None:
             hook = self._spool_frame if config.frame_mask else self.spool.add
-        self.engine = Engine(config.source, call_id=CallIds(config.node), on_frame=hook)
+        self.accounting = (
+            FlowAccounting(config.flow_interval_ns, config.flow_max_keys) if config.flow_interval_ns else None
+        )
+        self.engine = Engine(
+            config.source, call_id=CallIds(config.node), on_frame=hook, accounting=self.accounting
+        )
+        self.flows: list[FlowAggregate] = []  # kept for `take_flows` when there is no on_flows
+        self.flows_lost = 0  # aggregates dropped from `flows` because nobody took them
         self._filters: dict[int, list[tuple[int, int, int, int]] | None] = {}
         self._next_tick = 0
         self._closed_stats = {"packets": 0, "drops": 0}  # of rings closed since (interfaces gone)
@@ -187,9 +207,30 @@ class Pipeline:
             engine.tick(now)
             if self.spool is not None:
                 self.spool.flush()
+        if self.accounting is not None and self.accounting.out:
+            self._deliver_flows()
         calls = list(out)
         out.clear()
         return calls
+
+    def _deliver_flows(self) -> None:
+        """Hand finished aggregates to ``on_flows``, or keep them (bounded) for `take_flows`."""
+        assert self.accounting is not None
+        got = self.accounting.out
+        self.accounting.out = []
+        if self.config.on_flows is not None:
+            self.config.on_flows(got)
+            return
+        self.flows.extend(got)
+        over = len(self.flows) - MAX_KEPT_FLOWS
+        if over > 0:
+            del self.flows[:over]
+            self.flows_lost += over
+
+    def take_flows(self) -> list[FlowAggregate]:
+        """The aggregates kept since the last call (only without ``on_flows``)."""
+        got, self.flows = self.flows, []
+        return got
 
     def finish(self) -> list[Call]:
         """End of capture: every open connection closed, its pending calls returned; rings closed."""
@@ -199,6 +240,8 @@ class Pipeline:
             self.tls.step()
             self.tls.close()
         self.engine.finish()
+        if self.accounting is not None and self.accounting.out:
+            self._deliver_flows()  # the last, partial interval
         calls = list(self.engine.out)
         self.engine.out.clear()
         if self.spool is not None:
@@ -218,7 +261,7 @@ class Pipeline:
                 continue
             packets += s.packets
             drops += s.drops
-            per_if[name] = {"packets": s.packets, "drops": s.drops}
+            per_if[name] = {"packets": s.packets, "drops": s.drops, **ring.traffic()}
         return {
             "packets": packets,  # as the kernel counted them (before dedupe)
             "kernel_drops": drops,
@@ -231,4 +274,9 @@ class Pipeline:
             "spool": self.spool.stats() if self.spool is not None else {},
             "errors": list(self.errors),
             **({"tls": self.tls.stats()} if self.tls is not None else {}),
+            **({"flow_accounting": self._flow_stats()} if self.accounting is not None else {}),
         }
+
+    def _flow_stats(self) -> dict[str, Any]:
+        assert self.accounting is not None
+        return {**self.accounting.stats(), "lost": self.flows_lost, "kept": len(self.flows)}

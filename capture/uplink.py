@@ -40,6 +40,14 @@ so rotating the token needs no restart. A restarted worker finds its spool direc
 left: the batches there are resent first (a batch torn by a crash is detected by its length and
 CRC and discarded, counted as `spool_corrupt`).
 
+Flow aggregates (`submit_flows`, from the worker's flow accounting) travel the same way in `flows`
+batches: their own bounded buffer, the same spool, sequence numbers, window, acks and resends. A hub
+that does not take them — an `error` about a flows batch saying so (`wire.REFUSALS`: "unknown
+message type", "not accepted"), or a `hello` from the hub whose capabilities leave "flows" out —
+gets none for the rest of that connection: the flows batches spooled for it are deleted and counted
+(`flows_unsupported`, and in `drops.flows`), new ones are counted and dropped at once, and calls go
+on as before. The next connection tries again (the hub may have been upgraded meanwhile).
+
 Export: the hub sends `export-request` {id, from, to, flow_ids}; the `export` callable (the packet
 spool's reader) runs in a thread of its own and its frames go back as `export-data` chunks of about
 `export_chunk_bytes`, at most `EXPORT_AHEAD` chunks ahead of the hub's `export-next`, until one
@@ -89,8 +97,11 @@ TokenSource = str | None | Callable[[], str | None]
 
 # ---- the on-disk spool of unacknowledged batches
 
-_HEADER = struct.Struct("<4sIII")  # magic, calls, payload length, crc32 of the payload
-_MAGIC = b"PSB1"
+_HEADER = struct.Struct("<4sIII")  # magic, records, payload length, crc32 of the payload
+_MAGIC = b"PSB1"  # a batch of calls
+_MAGIC_FLOWS = b"PSF1"  # a batch of flow aggregates (dissect.flowstats)
+_KINDS = {_MAGIC: "calls", _MAGIC_FLOWS: "flows"}
+_MAGIC_OF = {kind: magic for magic, kind in _KINDS.items()}
 _SUFFIX = ".batch"
 _TMP = ".tmp"
 
@@ -102,14 +113,17 @@ class SpoolCorrupt(Exception):
 @dataclass
 class SpooledBatch:
     id: int
-    calls: int
+    calls: int  # records in the batch: calls, or flow aggregates when kind is "flows"
     size: int  # bytes on disk
     sent: bool  # sent at least once (or left by an earlier process): its fate is unknown, never dropped
+    kind: str = "calls"  # "calls" | "flows": which message carries it
 
 
 class BatchSpool:
     """Unacknowledged batches, one file per batch: `<id, 16 digits>.batch` = a 16-byte header
-    (magic, call count, payload length, CRC-32) and the calls' JSON joined by commas.
+    (magic, record count, payload length, CRC-32) and the records' JSON joined by commas. The magic
+    says what the records are: calls (`PSB1`) or flow aggregates (`PSF1`); both kinds share the
+    ids (the hub's sequence numbers), the bound and the send order.
 
     One file per batch makes an ack a single unlink and a resend a single read, and a crash can only
     tear the file being written: it is written as `.tmp` and renamed, and the header's length and
@@ -126,9 +140,11 @@ class BatchSpool:
         self.unsent: dict[int, SpooledBatch] = {}  # the ones that may be dropped, oldest first
         self.bytes = 0
         self.unsent_bytes = 0
-        self.calls = 0
+        self.calls = 0  # calls in the batches on disk
+        self.flows = 0  # flow aggregates in the batches on disk
         self.corrupt = 0  # files discarded: torn or damaged
         self.dropped_at_start = 0  # calls of leftover batches over a (smaller) bound
+        self.flows_dropped_at_start = 0  # ... and flow aggregates
         self.next_id = 1
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -154,8 +170,8 @@ class BatchSpool:
             if head is None:
                 self._discard(p)
                 continue
-            calls, size = head
-            found.append(SpooledBatch(int(stem), calls, size, sent=True))
+            kind, calls, size = head
+            found.append(SpooledBatch(int(stem), calls, size, sent=True, kind=kind))
         found.sort(key=lambda b: b.id)
         for b in found:
             self._add(b)
@@ -170,7 +186,10 @@ class BatchSpool:
         while self.bytes > self.max_bytes and self.batches:
             oldest = next(iter(self.batches.values()))
             self.forget(oldest)
-            self.dropped_at_start += oldest.calls
+            if oldest.kind == "flows":
+                self.flows_dropped_at_start += oldest.calls
+            else:
+                self.dropped_at_start += oldest.calls
             with contextlib.suppress(OSError):
                 self.path(oldest.id).unlink()
         if self.dropped_at_start:
@@ -190,7 +209,10 @@ class BatchSpool:
     def _add(self, b: SpooledBatch) -> None:
         self.batches[b.id] = b
         self.bytes += b.size
-        self.calls += b.calls
+        if b.kind == "flows":
+            self.flows += b.calls
+        else:
+            self.calls += b.calls
         if not b.sent:
             self.unsent[b.id] = b
             self.unsent_bytes += b.size
@@ -200,7 +222,10 @@ class BatchSpool:
         if self.batches.pop(b.id, None) is None:
             return
         self.bytes -= b.size
-        self.calls -= b.calls
+        if b.kind == "flows":
+            self.flows -= b.calls
+        else:
+            self.calls -= b.calls
         if self.unsent.pop(b.id, None) is not None:
             self.unsent_bytes -= b.size
 
@@ -222,17 +247,19 @@ class BatchSpool:
             evicted.append(oldest)
         return True, evicted
 
-    def admit(self, calls: int, size: int) -> SpooledBatch:
+    def admit(self, calls: int, size: int, kind: str = "calls") -> SpooledBatch:
         """The books' entry for a batch just written (`write`) under the next id."""
-        b = SpooledBatch(self.next_id, calls, size, sent=False)
+        b = SpooledBatch(self.next_id, calls, size, sent=False, kind=kind)
         self.next_id += 1
         self._add(b)
         return b
 
     # -- file I/O (threads)
 
-    def write(self, batch_id: int, calls: int, payload: bytes, delete: Sequence[int] = ()) -> None:
-        """Write one batch (as .tmp, then renamed), after deleting the files of `delete`."""
+    def write(
+        self, batch_id: int, calls: int, payload: bytes, delete: Sequence[int] = (), kind: str = "calls"
+    ) -> None:
+        """Write one batch of ``kind`` (as .tmp, then renamed), after deleting the files of `delete`."""
         for old in delete:
             with contextlib.suppress(FileNotFoundError):
                 self.path(old).unlink()
@@ -240,7 +267,7 @@ class BatchSpool:
         tmp = path.with_suffix(_TMP)
         try:
             with open(tmp, "wb") as f:
-                f.write(_HEADER.pack(_MAGIC, calls, len(payload), zlib.crc32(payload)))
+                f.write(_HEADER.pack(_MAGIC_OF[kind], calls, len(payload), zlib.crc32(payload)))
                 f.write(payload)
             os.replace(tmp, path)
         except BaseException:
@@ -255,7 +282,7 @@ class BatchSpool:
             raise SpoolCorrupt(f"{self.path(batch_id)}: {len(data)} bytes, shorter than its header")
         magic, _calls, length, crc = _HEADER.unpack_from(data)
         payload = data[_HEADER.size :]
-        if magic != _MAGIC or length != len(payload) or zlib.crc32(payload) != crc:
+        if magic not in _KINDS or length != len(payload) or zlib.crc32(payload) != crc:
             raise SpoolCorrupt(f"{self.path(batch_id)}: length or checksum does not match its header")
         return payload
 
@@ -264,8 +291,8 @@ class BatchSpool:
             self.path(batch_id).unlink()
 
 
-def _read_header(p: Path) -> tuple[int, int] | None:
-    """(calls, size on disk) of a batch file whose header is whole and whose length matches it."""
+def _read_header(p: Path) -> tuple[str, int, int] | None:
+    """(kind, records, size on disk) of a batch file whose header is whole and whose length matches."""
     try:
         with open(p, "rb") as f:
             head = f.read(_HEADER.size)
@@ -275,9 +302,10 @@ def _read_header(p: Path) -> tuple[int, int] | None:
     if len(head) < _HEADER.size:
         return None
     magic, calls, length, _crc = _HEADER.unpack(head)
-    if magic != _MAGIC or size != _HEADER.size + length or (calls == 0) != (length == 0):
+    kind = _KINDS.get(magic)
+    if kind is None or size != _HEADER.size + length or (calls == 0) != (length == 0):
         return None
-    return calls, size
+    return kind, calls, size
 
 
 def _valid(call: object) -> bool:
@@ -402,6 +430,12 @@ class _Counts:
     hub_errors: int = 0  # error messages from the hub, and messages that were not understood
     exports: int = 0
     export_errors: int = 0
+    flows_sent: int = 0  # flow aggregates sent, resends included
+    flows_acked: int = 0
+    flows_rejected: int = 0
+    flows_dropped: int = 0  # given up: buffer or spool full, unwritable spool
+    flows_invalid: int = 0  # not one JSON value, or too large
+    flows_unsupported: int = 0  # dropped because the hub does not take flows
 
 
 class Uplink:
@@ -427,6 +461,7 @@ class Uplink:
         buffer_max_bytes: int = 64 << 20,
         auth_retry: float = 15.0,
         export_chunk_bytes: int = 1 << 20,
+        flows_buffer_max_bytes: int = 16 << 20,
     ) -> None:
         """`token` is the bearer token, or a callable returning it (called before each connection
         attempt, so a rotated token file is picked up). `stats()` is the worker's own report (its
@@ -435,8 +470,9 @@ class Uplink:
         `ssl.SSLContext` for a private CA or client certificates). `explain(failure)` names the fix
         for a connection failure in the words of the command that started the worker (its option
         names), or None; TLS failures and a 403 (the hub wants a client certificate) get their own
-        state and line. Raises ValueError for a hub URL that is not one, OSError when the spool
-        directory cannot be made."""
+        state and line. `flows_buffer_max_bytes` bounds the flow aggregates waiting to be spooled
+        (apart from the calls' buffer, so neither can crowd the other out). Raises ValueError for a
+        hub URL that is not one, OSError when the spool directory cannot be made."""
         if batch_max < 1 or window < 1 or spool_max_bytes < 1 or buffer_max_bytes < 1:
             raise ValueError("batch_max, window, spool_max_bytes and buffer_max_bytes must be positive")
         self.url = wire.ingest_url(hub_url)
@@ -449,7 +485,10 @@ class Uplink:
         self.export_chunk_bytes = export_chunk_bytes
         self.buffer_max_bytes = buffer_max_bytes
         self.spool = BatchSpool(Path(spool_dir), spool_max_bytes)
-        self.counts = _Counts(dropped_spool=self.spool.dropped_at_start)
+        self.counts = _Counts(
+            dropped_spool=self.spool.dropped_at_start, flows_dropped=self.spool.flows_dropped_at_start
+        )
+        self.flows_buffer_max_bytes = flows_buffer_max_bytes
         self._token = token
         self._stats_fn = stats
         self._export_fn = export
@@ -464,6 +503,15 @@ class Uplink:
         self._overflow = 0  # calls refused by submit: buffer full, or after close
         self._accepting = True
         self._woken = False
+        self._fbuf: list[bytes] = []  # flow aggregates submitted, not yet spooled
+        self._fbuf_bytes = 0
+        self._flows_submitted = 0
+        self._flows_overflow = 0  # refused by submit_flows: buffer full, or after close
+        self._flows_refused_at_submit = 0  # refused by submit_flows: the hub does not take flows
+        # does the connected hub take `flows`? None: not known yet (they are sent); False: it said no,
+        # so none are sent or kept until the next connection
+        self._hub_flows: bool | None = None
+        self._flows_refusal_logged = False
         # event-loop side
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
@@ -510,6 +558,33 @@ class Uplink:
             with contextlib.suppress(Exception):
                 self._overflow += 1
 
+    def submit_flows(self, records: Sequence[bytes]) -> None:
+        """Queue flow aggregates (their JSON), like `submit`: O(len), thread-safe, never blocks or
+        raises. Dropped and counted when their buffer is full, after close, or while the connected hub
+        does not take flows."""
+        try:
+            n = len(records)
+            size = sum(len(r) for r in records)
+            with self._lock:
+                self._flows_submitted += n
+                if self._hub_flows is False:
+                    self._flows_refused_at_submit += n
+                    return
+                if not self._accepting or self._fbuf_bytes + size > self.flows_buffer_max_bytes:
+                    self._flows_overflow += n
+                    return
+                self._fbuf.extend(records)
+                self._fbuf_bytes += size
+                if self._woken or len(self._fbuf) < self.batch_max:
+                    return
+                self._woken = True
+            loop = self._loop
+            if loop is not None:
+                loop.call_soon_threadsafe(self._wake.set)
+        except Exception:  # a closed loop, records without len(): never the capture thread's problem
+            with contextlib.suppress(Exception):
+                self._flows_overflow += 1
+
     def counters(self) -> dict[str, int]:
         """A snapshot: what was submitted, where it is now, and what became of it. At rest,
         submitted == acked + rejected + dropped + invalid + buffered + spool_calls."""
@@ -538,6 +613,18 @@ class Uplink:
             "hub_errors": c.hub_errors,
             "exports": c.exports,
             "export_errors": c.export_errors,
+            # flow aggregates: at rest flows_submitted == flows_acked + flows_rejected + flows_dropped
+            #   + flows_invalid + flows_unsupported + flows_buffered + flows_spooled
+            "flows_submitted": self._flows_submitted,
+            "flows_buffered": len(self._fbuf),
+            "flows_spooled": self.spool.flows,
+            "flows_sent": c.flows_sent,
+            "flows_acked": c.flows_acked,
+            "flows_rejected": c.flows_rejected,
+            "flows_dropped": self._flows_overflow + c.flows_dropped,
+            "flows_invalid": c.flows_invalid,
+            "flows_unsupported": c.flows_unsupported + self._flows_refused_at_submit,
+            "hub_takes_flows": -1 if self._hub_flows is None else int(self._hub_flows),
         }
 
     # ---- lifecycle
@@ -643,24 +730,64 @@ class Uplink:
                 # whatever an unexpected error left unspooled is counted, never silently lost
                 self.counts.dropped_spool += len(taken) - accounted
                 self._release(len(taken) - released_calls, total_bytes - released_bytes)
+            await self._spool_flows()
+
+    async def _spool_flows(self) -> None:
+        """Move the buffered flow aggregates into the spool as `flows` batches (caller holds
+        `_spooling`)."""
+        with self._lock:
+            taken, self._fbuf = self._fbuf, []
+            self._fbuf_bytes = 0
+        accounted = 0
+        try:
+            batch: list[bytes] = []
+            batch_bytes = 0
+            for rec in taken:
+                if not _valid(rec):
+                    self.counts.flows_invalid += 1
+                    accounted += 1
+                    continue
+                batch.append(bytes(rec))
+                batch_bytes += len(rec)
+                if len(batch) >= self.batch_max or batch_bytes >= BATCH_MAX_BYTES:
+                    await self._add_batch(batch, "flows")
+                    accounted += len(batch)
+                    batch, batch_bytes = [], 0
+            if batch:
+                await self._add_batch(batch, "flows")
+                accounted += len(batch)
+        finally:
+            self.counts.flows_dropped += len(taken) - accounted
 
     def _release(self, calls: int, nbytes: int) -> None:
         with self._lock:
             self._buf_calls -= calls
             self._buf_bytes -= nbytes
 
-    async def _add_batch(self, calls: list[bytes]) -> None:
+    async def _add_batch(self, calls: list[bytes], kind: str = "calls") -> None:
+        """Spool one batch of ``kind`` ("calls" or "flows"); what does not fit is counted by kind."""
+        if kind == "flows" and self._hub_flows is False:
+            self.counts.flows_unsupported += len(calls)  # the hub said no since they were buffered
+            return
         payload = b",".join(calls)
         size = _HEADER.size + len(payload)
         fits, evicted = self.spool.make_room(size)
-        lost = sum(b.calls for b in evicted) + (0 if fits else len(calls))
-        if lost:
-            self.counts.dropped_spool += lost
+        lost_calls = sum(b.calls for b in evicted if b.kind == "calls")
+        lost_flows = sum(b.calls for b in evicted if b.kind == "flows")
+        if not fits:
+            if kind == "flows":
+                lost_flows += len(calls)
+            else:
+                lost_calls += len(calls)
+        self.counts.dropped_spool += lost_calls
+        self.counts.flows_dropped += lost_flows
+        if lost_calls or lost_flows:
             if not self._spool_full:
                 self._spool_full = True
                 log.warning(
-                    "uplink spool %s is full (%d bytes unacknowledged): dropping calls, the oldest unsent "
-                    "first (counted, reported to the hub as drops.spool) until the hub catches up",
+                    "uplink spool %s is full (%d bytes unacknowledged): dropping calls and flow aggregates, "
+                    "the oldest unsent first (counted, reported to the hub as drops.spool and drops.flows) "
+                    "until the hub catches up",
                     self.spool.dir,
                     self.spool.bytes,
                 )
@@ -671,9 +798,14 @@ class Uplink:
             return
         batch_id = self.spool.next_id
         try:
-            await asyncio.to_thread(self.spool.write, batch_id, len(calls), payload, [b.id for b in evicted])
+            await asyncio.to_thread(
+                self.spool.write, batch_id, len(calls), payload, [b.id for b in evicted], kind
+            )
         except OSError as e:
-            self.counts.dropped_spool += len(calls)
+            if kind == "flows":
+                self.counts.flows_dropped += len(calls)
+            else:
+                self.counts.dropped_spool += len(calls)
             if not self._spool_error:
                 self._spool_error = True
                 log.error(
@@ -686,7 +818,7 @@ class Uplink:
         if self._spool_error:
             self._spool_error = False
             log.info("the uplink spool %s can be written again", self.spool.dir)
-        b = self.spool.admit(len(calls), size)
+        b = self.spool.admit(len(calls), size, kind)
         assert b.id == batch_id
         if self._ws is not None:
             self._to_send.append(b.id)
@@ -820,6 +952,8 @@ class Uplink:
         self._in_flight.clear()
         self._to_send = deque(self.spool.batches)
         self._errors_this_conn = 0
+        self._hub_flows = None  # a new hub (or the same one upgraded): flows are offered again
+        self._flows_refusal_logged = False
         self._ws = ws
         self._state = "connected"
         log.info(
@@ -867,6 +1001,9 @@ class Uplink:
                 b = spool.batches.get(self._to_send.popleft())
                 if b is None:  # acked or given up since it was queued
                     continue
+                if b.kind == "flows" and self._hub_flows is False:
+                    self._drop_flows_batch(b)  # spooled before the hub said it does not take them
+                    continue
                 spool.mark_sent(b)
                 try:
                     payload = await asyncio.to_thread(spool.read, b.id)
@@ -879,8 +1016,11 @@ class Uplink:
                 if b.id not in spool.batches:
                     continue
                 self._in_flight.add(b.id)
-                await self._send(ws, wire.calls_message(b.id, payload))
-                self.counts.sent += b.calls
+                await self._send(ws, wire.batch_message(b.kind, b.id, payload))
+                if b.kind == "flows":
+                    self.counts.flows_sent += b.calls
+                else:
+                    self.counts.sent += b.calls
                 self.counts.batches_sent += 1
             await self._more.wait()
 
@@ -915,6 +1055,9 @@ class Uplink:
         counters = self.counters()
         drops["spool"] = counters["dropped"]
         drops["invalid"] = counters["invalid"]
+        if "flows" in self.capabilities:  # flow aggregates lost for any reason (the breakdown is in uplink)
+            lost = counters["flows_dropped"] + counters["flows_invalid"] + counters["flows_unsupported"]
+            drops["flows"] = lost
         drops["spool_corrupt_batches"] = counters["spool_corrupt"]
         own["drops"] = drops
         own["uplink"] = counters
@@ -950,6 +1093,12 @@ class Uplink:
             return True
         if m.type == "ack":
             self._on_ack(m)
+        elif m.type == "hello":
+            if m.capabilities is not None:
+                if "flows" in m.capabilities:
+                    self._hub_flows = True
+                else:
+                    self._refuse_flows("its hello does not list the capability flows")
         elif m.type == "error":
             return self._on_error(m)
         elif m.type == "export-request":
@@ -973,8 +1122,13 @@ class Uplink:
         b = self.spool.batches.get(m.seq)
         if b is not None:
             rejected = min(m.rejected, b.calls)
-            self.counts.acked += b.calls - rejected
-            self.counts.rejected += rejected
+            if b.kind == "flows":
+                self._hub_flows = True
+                self.counts.flows_acked += b.calls - rejected
+                self.counts.flows_rejected += rejected
+            else:
+                self.counts.acked += b.calls - rejected
+                self.counts.rejected += rejected
             self.counts.batches_acked += 1
             self.spool.forget(b)
             self.spool.delete(b.id)
@@ -984,6 +1138,13 @@ class Uplink:
 
     def _on_error(self, m: wire.HubMessage) -> bool:
         text = m.error or "(no text)"
+        if m.index is None and any(r in text for r in wire.REFUSALS):
+            # a hub that does not take flow aggregates, about one of our flows batches (or about one
+            # dropped already when it first said so)
+            b = self.spool.batches.get(m.seq) if m.seq is not None else None
+            if (b is None and "flows" in text) or (b is not None and b.kind == "flows"):
+                self._refuse_flows(text)
+                return True
         if m.index is not None or m.seq is None or m.seq not in self._in_flight:
             # one bad call (its batch's ack follows, with `rejected`), or an error about no batch
             self._hub_error(text if m.seq is None else f"batch {m.seq}: {text}")
@@ -996,14 +1157,47 @@ class Uplink:
         b = self.spool.batches.get(m.seq)
         self._in_flight.discard(m.seq)
         if b is not None:
-            self.counts.rejected += b.calls
+            if b.kind == "flows":
+                self.counts.flows_rejected += b.calls
+            else:
+                self.counts.rejected += b.calls
             self.spool.forget(b)
             self.spool.delete(b.id)
-            self._hub_error(f"batch {m.seq} ({b.calls} calls) refused by the hub: {text}; counted rejected")
+            self._hub_error(
+                f"batch {m.seq} ({b.calls} {b.kind}) refused by the hub: {text}; counted rejected"
+            )
         if not self.spool.batches:
             self._drained.set()
         self._more.set()
         return True
+
+    def _refuse_flows(self, why: str) -> None:
+        """The connected hub does not take flow aggregates: drop (and count) every flows batch and
+        the buffered ones, and take none until the next connection. Calls are not affected."""
+        self._hub_flows = False
+        if not self._flows_refusal_logged:
+            self._flows_refusal_logged = True
+            log.warning(
+                "the hub at %s does not take flow aggregates (%s): this worker's traffic metrics are not "
+                "stored there (counted as drops.flows); calls go on. Upgrade the hub to get them.",
+                self.url,
+                why,
+            )
+        for b in [b for b in self.spool.batches.values() if b.kind == "flows"]:
+            self._drop_flows_batch(b)
+        with self._lock:
+            dropped, self._fbuf = self._fbuf, []
+            self._fbuf_bytes = 0
+        self.counts.flows_unsupported += len(dropped)
+        if not self.spool.batches:
+            self._drained.set()
+        self._more.set()
+
+    def _drop_flows_batch(self, b: SpooledBatch) -> None:
+        self._in_flight.discard(b.id)
+        self.counts.flows_unsupported += b.calls
+        self.spool.forget(b)
+        self.spool.delete(b.id)
 
     # ---- export
 

@@ -7,11 +7,16 @@ Worker -> hub (all JSON objects, sent as binary WebSocket frames: the hub reads 
 
 - `hello` {worker, capabilities}
 - `calls` {seq, calls: [Call JSON]}: built by splicing the calls' own JSON bytes, never re-encoded
+- `flows` {seq, flows: [FlowAggregate JSON]}: flow accounting's aggregates (`dissect.flowstats`),
+  numbered in the same sequence as `calls` and acked the same way; sent only to a hub that takes
+  them (an `error` about a flows batch saying "unknown message type" or "not accepted", or a hub
+  `hello` whose capabilities do not list "flows", stops them for that connection)
 - `stats` {drops: {kind: count}, ...}: the worker's report on itself
 - `export-data` {id, seq, packets: [{flow_id, ts, orig_len, linktype, data (base64)}], done, error?}
 
-Hub -> worker: `ack` {seq, calls, rejected}, `error` {error, seq?, index?}, `export-request` {id,
-from, to, flow_ids}, `export-next` {id}, `export-cancel` {id}. `decode_hub` turns any of them into a
+Hub -> worker: `ack` {seq, calls | flows, rejected}, `error` {error, seq?, index?}, `export-request`
+{id, from, to, flow_ids}, `export-next` {id}, `export-cancel` {id}, and optionally `hello`
+{capabilities} (what the hub takes). `decode_hub` turns any of them into a
 `HubMessage`, or raises `WireError` with a one-line reason: a hub (or something pretending to be one)
 that sends garbage costs a log line, never the connection or the worker.
 """
@@ -25,6 +30,10 @@ import msgspec
 
 MAX_FLOW_IDS = 1_000_000  # flow ids in one export request (a connection each: far above any real one)
 MAX_ID = 128  # characters of an export request id
+MAX_CAPABILITIES = 64  # in a hub's hello
+# How a hub says it does not take a message type at all, in an `error` about such a message: today's
+# hub answers "unknown message type 'flows'"; a hub that keeps no aggregates "... flows are not accepted".
+REFUSALS = ("unknown message type", "not accepted")
 
 
 class WireError(ValueError):
@@ -37,6 +46,7 @@ class HubMessage(msgspec.Struct, kw_only=True):
     type: str
     seq: int | None = None  # ack, error: the batch it is about
     calls: int | None = None  # ack: calls stored from the batch
+    flows: int | None = None  # ack: flow aggregates stored from the batch
     rejected: Annotated[int, msgspec.Meta(ge=0)] = 0  # ack: calls of the batch the hub refused
     error: str | None = None  # error: what went wrong
     index: int | None = None  # error: which call of the batch
@@ -44,6 +54,8 @@ class HubMessage(msgspec.Struct, kw_only=True):
     from_ns: int | None = msgspec.field(default=None, name="from")  # export-request: window start
     to_ns: int | None = msgspec.field(default=None, name="to")  # export-request: window end (exclusive)
     flow_ids: Annotated[list[str], msgspec.Meta(max_length=MAX_FLOW_IDS)] = []  # export-request
+    # hello: the message types the hub takes (None: it did not say)
+    capabilities: Annotated[list[str], msgspec.Meta(max_length=MAX_CAPABILITIES)] | None = None
 
 
 _HUB = msgspec.json.Decoder(HubMessage)
@@ -81,6 +93,16 @@ def hello(worker: str, capabilities: list[str]) -> bytes:
 def calls_message(seq: int, payload: bytes) -> bytes:
     """A `calls` batch around `payload`: the calls' JSON joined by commas (as the spool keeps it)."""
     return b'{"type":"calls","seq":%d,"calls":[%b]}' % (seq, payload)
+
+
+def flows_message(seq: int, payload: bytes) -> bytes:
+    """A `flows` batch around `payload`: the aggregates' JSON joined by commas (as the spool keeps it)."""
+    return b'{"type":"flows","seq":%d,"flows":[%b]}' % (seq, payload)
+
+
+def batch_message(kind: str, seq: int, payload: bytes) -> bytes:
+    """The message of a spooled batch of ``kind`` ("calls" or "flows")."""
+    return flows_message(seq, payload) if kind == "flows" else calls_message(seq, payload)
 
 
 def stats_message(body: dict[str, Any]) -> bytes:

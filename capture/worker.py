@@ -6,6 +6,8 @@
          -> redaction (capture.redact: secrets never leave the node)
          -> uplink (capture.uplink: one WebSocket, batches, acks, on-disk spool)
     frames of every flow -> packet spool (capture.spool) <- the hub's export, over the same WebSocket
+    every frame of a flow -> flow accounting (dissect.flowstats, in the engine) -> per interval:
+         FlowAggregate -> Kubernetes identity -> uplink (`flows` batches, acked and spooled like calls)
 
 Threads: the capture runs on its own thread (or in `--procs` processes, `capture.fanout`); finished
 calls are tagged, redacted and encoded right there and handed to `Uplink.submit`, which never blocks,
@@ -15,6 +17,13 @@ carries the uplink, the interface re-scan (pod veths come and go) and the stats 
 
 The worker's own traffic to the hub is left out of the capture (a BPF filter on the hub's address
 and port), or every batch sent would be captured, dissected and sent again.
+
+Flow accounting (`--flow-interval`, default 10 s; 0 turns it off) counts every frame of every TCP
+connection and UDP flow, dissected or not, and sends one aggregate per (client, server, port,
+protocol) per interval; the `stats` message carries each interface's frames and bytes received and
+sent, counted from its ring (`interfaces`), and the cluster's address ranges as this worker knows
+them (`cluster_ranges`: its Kubernetes index's pod CIDRs and node addresses), so the hub can tell
+traffic leaving the cluster.
 """
 
 from __future__ import annotations
@@ -37,11 +46,14 @@ from capture.backend import Backend, InThread
 from capture.ids import run_id
 from capture.pipeline import PipelineConfig
 from capture.redact import DEFAULT_HEADERS, DEFAULT_JSON_KEYS, Redactor
+from dissect.flowstats import DEFAULT_MAX_KEYS, FlowAggregate
 from dissect.model import Call
 
 log = logging.getLogger("podshark.worker")
 
 MAX_REPORTED_INTERFACES = 64
+DEFAULT_FLOW_INTERVAL = 10.0  # seconds
+RANGES_EVERY_S = 30.0  # how often the cluster ranges are recomputed for the stats
 # batches in flight: the hub commits about once a second, so a worker sends at most
 # window x batch (1000 calls) per second; 32 leaves room above the 10k calls/s a busy node makes
 UPLINK_WINDOW = 32  # per stats message (the hub keeps 64 KiB per worker)
@@ -73,6 +85,8 @@ class WorkerConfig:
     k8s_scope: str = "node"  # which pods to watch: this node's ("node") or every one ("cluster")
     rescan_interval: float = 2.0
     stats_interval: float = 2.0
+    flow_interval: float = DEFAULT_FLOW_INTERVAL  # seconds per flow aggregate interval; 0: no accounting
+    flow_max_keys: int = DEFAULT_MAX_KEYS  # aggregates per interval before the rest fold into "other"
     ssl: Any = None  # an ssl.SSLContext for a wss:// hub
     # names the fix for a failed hub connection in the command's words (`Uplink`'s `explain`)
     explain_failure: Callable[[BaseException | str], str | None] | None = None
@@ -103,7 +117,10 @@ class Worker:
         self._error: BaseException | None = None
         self.calls = 0
         self.redacted = 0
+        self.flows = 0  # flow aggregates handed to the uplink
         self.started_ns = 0
+        self._ranges: list[str] = []  # cluster_ranges for the stats, recomputed every RANGES_EVERY_S
+        self._ranges_at = 0.0
         self._hub_addrs: set[tuple[str, int]] = set()
         self._opaque: Any = None  # capture.tls.OpaqueFilter: --tls with --procs > 1
         self._k8s_off = ""  # why there is no Kubernetes identity, for the stats
@@ -134,6 +151,9 @@ class Worker:
             ring_bytes=self.config.ring_bytes,
             frame_mask=self.redactor.frame,
             tls=self.config.tls,
+            flow_interval_ns=round(self.config.flow_interval * 1e9) if self.config.flow_interval > 0 else 0,
+            flow_max_keys=self.config.flow_max_keys,
+            on_flows=self._on_flows,
         )
         if self.config.procs > 1:
             from capture.fanout import Fanout
@@ -203,6 +223,22 @@ class Worker:
             submit(call.to_json_bytes())
         self.calls += len(calls)
 
+    def _on_flows(self, aggregates: list[FlowAggregate]) -> None:
+        """On the capture thread: tag each aggregate's ends with Kubernetes identity (process identity
+        has no place in an aggregate of many connections), encode, hand to the uplink."""
+        k8s = self.k8s
+        own = self._hub_addrs
+        out: list[bytes] = []
+        for agg in aggregates:
+            if own and (agg.dst.ip, agg.dst.port) in own:
+                continue  # our own uplink (when tcpdump could not leave it out of the capture)
+            if k8s is not None:
+                k8s.tag_flow(agg)
+            out.append(agg.to_json_bytes())
+        if out:
+            self.uplink.submit_flows(out)
+            self.flows += len(out)
+
     # -- stats -----------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
@@ -246,7 +282,22 @@ class Worker:
                 out["kubernetes"] = self.k8s.stats()
         elif self._k8s_off:
             out["kubernetes"] = {"enabled": False, "reason": self._k8s_off}
+        out["cluster_ranges"] = self._cluster_ranges()
+        if "flow_accounting" in cap:  # (not "flows": the ingest envelope's key for the aggregates)
+            out["flow_accounting"] = {**cap["flow_accounting"], "sent": self.flows}
         return out
+
+    def _cluster_ranges(self) -> list[str]:
+        """The cluster's ranges as the Kubernetes index knows them (empty without Kubernetes),
+        recomputed at most every RANGES_EVERY_S: nodes come and go slowly, stats go every 2 s."""
+        if self.k8s is None:
+            return []
+        now = time.monotonic()
+        if not self._ranges_at or now - self._ranges_at >= RANGES_EVERY_S:
+            self._ranges_at = now
+            with contextlib.suppress(Exception):
+                self._ranges = self.k8s.cluster_ranges()
+        return self._ranges
 
     def _export(self, from_ns: int | None, to_ns: int | None, flow_ids: list[str]) -> Any:
         from capture.spool import read_spool
@@ -286,7 +337,7 @@ class Worker:
             self.config.node,
             spool_dir=self.config.state_dir / "uplink",
             spool_max_bytes=self.config.uplink_spool_bytes,
-            capabilities=("calls", "export"),
+            capabilities=("calls", "export", *(("flows",) if self.config.flow_interval > 0 else ())),
             window=UPLINK_WINDOW,
             stats=self.stats,
             export=self._export,

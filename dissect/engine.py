@@ -11,10 +11,19 @@ full (least recently active first), or at the end of input.
 
 Frames for export: an optional ``on_frame(ts, linktype, frame, orig_len, flow_id)`` hook sees every
 frame that belongs to a TCP connection or UDP flow, with the flow id its calls carry, right after the
-frame was dispatched. With the hook set, frames take the plain (not inlined) path; without it the
-hot path is untouched. The frames of a fragmented IP datagram are held (`dissect.fragframes`) until
-the datagram is whole and are then handed over with its flow; fragments of a datagram that never
-completes belong to no flow and are not reported.
+frame was dispatched. With the hook set, each frame goes through `_frame` (one call per frame, with
+its own copy of the fast path); without it `run`'s inlined loop is untouched. The frames of a
+fragmented IP datagram are held (`dissect.fragframes`) until the datagram is whole and are then
+handed over with its flow; fragments of a datagram that never completes belong to no flow and are
+not reported.
+
+Flow accounting (``accounting=FlowAccounting(...)``, `dissect.flowstats`; off by default, so
+``podshark dissect`` and ``import`` run as fast as before): every frame of a flow adds its wire length
+and one packet to its flow's per-direction counters, the handshake's round trip is timed, and at
+each interval boundary (a packet's time, or `tick`'s clock, reaching it) the flows are folded into
+`FlowAggregate` records left in ``accounting.out``. With accounting or the frame hook, each frame
+goes through `_frame`, which inlines the same fast path as `run` (one decode, one lookup) and adds
+the two counter increments to it; the general path dispatches, then finds the flow the frame went to.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dissect.base import Analyzer, Budget, ConnContext, Dissector, Handoff, Limits
 from dissect.detect import IGNORED, Detecting, default_analyzers, default_udp_analyzers
 from dissect.flows import FlowTable
+from dissect.flowstats import FlowAccounting, FlowRecord, tcp_client, udp_client
 from dissect.fragframes import HeldFragments, frag_key
 from dissect.ipfrag import Fragments
 from dissect.model import Call, Endpoint
@@ -43,6 +53,29 @@ _SWEEP_EVERY = 8192  # packets between idle sweeps
 LINGER_NS = 30 * 1_000_000_000  # how long a finished connection absorbs late packets
 # (ts ns, linktype, frame as captured, length on the wire, flow id) of a frame of a flow, for export
 FrameHook = Callable[[int, int, bytes, int, str], None]
+_NEVER = 1 << 63  # the interval end of an engine without accounting: no packet time reaches it
+
+
+class _Named:
+    """An analyzer that notes its name when it makes a dissector, for flow accounting.
+
+    `Detecting` hands the engine only the dissector it chose; the connection's aggregates are keyed
+    by the analyzer's name. Detecting calls ``new`` and then, at once, the engine's ``decided``
+    callback, so the name noted here is the chosen one's. Only an accounting engine wraps its
+    analyzers; ``detect`` is the analyzer's own bound method, so detection costs the same."""
+
+    __slots__ = ("detect", "inner", "name", "noted")
+
+    def __init__(self, inner: Analyzer, noted: list[str | None]) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.detect = inner.detect
+        self.noted = noted
+
+    def new(self, ctx: ConnContext, handoff: Handoff | None = None) -> Dissector:
+        dissector = self.inner.new(ctx, handoff)
+        self.noted[0] = self.name
+        return dissector
 
 
 class Engine:
@@ -60,9 +93,11 @@ class Engine:
         call_id: Callable[[int], str] | None = None,
         udp_analyzers: Sequence[Analyzer] | None = None,
         on_frame: FrameHook | None = None,
+        accounting: FlowAccounting | None = None,
     ) -> None:
         self.source = source
         self.on_frame = on_frame  # see the module docstring; None keeps the inlined hot path
+        self.accounting = accounting  # flow accounting (see the module docstring); None: off
         self.held_frags = HeldFragments()
         self.limits = limits or Limits()
         self.analyzers = list(analyzers) if analyzers is not None else default_analyzers()
@@ -82,6 +117,14 @@ class Engine:
         self.packets = 0
         self.undecoded = 0  # frames that were not TCP (or not yet: fragments)
         self.plain: Plaintext | None = None  # decrypted TLS streams, once `enable_plaintext` is called
+        self._acct_end = _NEVER  # the current accounting interval's end (0: not started)
+        self._noted: list[str | None] = [None]  # the protocol the last analyzer made a dissector for
+        if accounting is not None:
+            self._acct_end = 0
+            self.analyzers = [_Named(a, self._noted) for a in self.analyzers]
+            self.udp_analyzers = [_Named(a, self._noted) for a in self.udp_analyzers]
+            self.tcp.on_drop = accounting.dropped
+            self.udp.on_drop = accounting.dropped
 
     def enable_plaintext(self) -> Plaintext:
         """Accept decrypted TLS streams (`dissect.plaintext`): from now on the packet side's opaque
@@ -104,7 +147,7 @@ class Engine:
 
     def run(self, packets: Iterable[Packet]) -> Iterator[Call]:
         """Dissect every packet, yielding calls as they complete, then flush at the end."""
-        if self.on_frame is not None:
+        if self.on_frame is not None or self.accounting is not None:
             yield from self._run_framed(packets)
             return
         out = self.out
@@ -150,19 +193,19 @@ class Engine:
     def packet(self, ts: int, linktype: int, frame: bytes, orig_len: int | None = None) -> None:
         """One captured frame (``orig_len``: its length on the wire, default as captured).
         Finished calls are appended to ``self.out``."""
-        if self.on_frame is not None:
-            self._framed(ts, linktype, frame, len(frame) if orig_len is None else orig_len)
+        if self.on_frame is not None or self.accounting is not None:
+            self._frame(ts, linktype, frame, len(frame) if orig_len is None else orig_len)
         else:
             self._dispatch(ts, decode(linktype, frame, self.frags, ts))
 
-    # -- the frame hook (export) ----------------------------------------------------------------
+    # -- the frame hook (export) and flow accounting ------------------------------------------------
 
     def _run_framed(self, packets: Iterable[Packet]) -> Iterator[Call]:
-        """`run` with the frame hook: every packet through `_framed`, none inlined."""
+        """`run` with the frame hook or accounting: every packet through `_frame`."""
         out = self.out
-        framed = self._framed
+        frame_ = self._frame
         for ts, linktype, frame, wire in packets:
-            framed(ts, linktype, frame, wire)
+            frame_(ts, linktype, frame, wire)
             if out:
                 yield from out
                 out.clear()
@@ -170,20 +213,49 @@ class Engine:
         yield from out
         out.clear()
 
-    def _framed(self, ts: int, linktype: int, frame: bytes, wire: int) -> None:
-        """Dispatch one frame, then tell the hook which flow took it (by the flow tables' key)."""
-        hook = self.on_frame
-        assert hook is not None
+    def _frame(self, ts: int, linktype: int, frame: bytes, wire: int) -> None:
+        """One frame with the hook and/or accounting: the fast path of `run` (a segment of a known
+        connection), counted and handed to the hook; anything else is dispatched, then its flow is
+        looked up (it may be new) to count the frame and tell the hook."""
+        if ts >= self._acct_end:
+            self._roll(ts)
         seg = decode(linktype, frame, self.frags, ts)
+        if seg is not None and seg[0] == 6 and self._since_sweep < _SWEEP_EVERY - 1:
+            _proto, src, dst, data, off, end, missing = seg
+            if end - off >= 20:
+                sport, dport, seq, ack, doff, flags = _tcp_hdr(data, off)
+                hit = self.tcp.by_key.get((src, sport, dst, dport))
+                start = off + ((doff >> 4) << 2)
+                if hit is not None and not flags & SYN and start <= end:
+                    self.packets += 1
+                    self._since_sweep += 1
+                    self.now = ts
+                    conn, d = hit
+                    if self.accounting is not None:
+                        conn.packets[d] += 1
+                        conn.wire[d] += wire
+                        if conn.hs:  # between the SYN-ACK and the client's ACK
+                            self._tcp_timing(conn, d, flags, ts)
+                    conn.segment(d, seq, ack, flags, data[start:end], missing, ts)
+                    hook = self.on_frame
+                    if hook is not None:
+                        hook(ts, linktype, frame, wire, self._prefix + "f" + str(conn.index))
+                    return
         self._dispatch(ts, seg)
+        self._after(ts, linktype, frame, wire, seg)
+
+    def _after(self, ts: int, linktype: int, frame: bytes, wire: int, seg: L4 | None) -> None:
+        """After `_dispatch`: count the frame to its flow and hand it to the hook (by the flow
+        tables' key), with the held fragments of its datagram when it completed one."""
+        hook = self.on_frame
         if seg is None:
-            key = frag_key(linktype, frame)
+            key = frag_key(linktype, frame) if hook is not None else None
             if key is not None:  # a fragment of a datagram not whole yet: its flow is not known
                 self.held_frags.hold(key, ts, linktype, frame, wire)
             return
         proto, src, dst, data, off, end, _missing = seg
         held = []
-        if data is not frame:  # reassembled from fragments: the earlier ones were held
+        if data is not frame and hook is not None:  # reassembled from fragments: the earlier ones were held
             key = frag_key(linktype, frame)
             if key is not None:
                 held = self.held_frags.release(key)
@@ -193,10 +265,53 @@ class Engine:
         hit = (self.tcp if proto == IPPROTO_TCP else self.udp).by_key.get(k)
         if hit is None:
             return
-        flow_id = self._prefix + "f" + str(hit[0].index)
+        flow, d = hit
+        if self.accounting is not None:
+            flow.packets[d] += 1
+            flow.wire[d] += wire
+            if held:  # the datagram's earlier fragments, on the wire before it
+                flow.packets[d] += len(held)
+                flow.wire[d] += sum(h[3] for h in held)
+            if proto == IPPROTO_TCP and end - off >= 14 and isinstance(flow, TCPConn):
+                self._tcp_timing(flow, d, data[off + 13], ts)
+        if hook is None:
+            return
+        flow_id = self._prefix + "f" + str(flow.index)
         for h_ts, h_linktype, h_frame, h_wire in held:
             hook(h_ts, h_linktype, h_frame, h_wire, flow_id)
         hook(ts, linktype, frame, wire, flow_id)
+
+    def _tcp_timing(self, conn: TCPConn, d: int, flags: int, ts: int) -> None:
+        """The handshake's round trip at the capture point: from the client's SYN (the last one
+        before the SYN-ACK, so a retransmitted SYN does not count its timeout) to the client's first
+        ACK after the SYN-ACK."""
+        rec = conn.acct
+        if rec is None or rec.rtt_ns >= 0:
+            return
+        if flags & SYN:
+            if not flags & ACK:
+                if d == rec.client and not conn.hs:
+                    rec.syn_ts = ts
+            elif d != rec.client and rec.syn_ts is not None:
+                conn.hs = True
+        elif conn.hs and d == rec.client and flags & ACK:
+            conn.hs = False
+            if rec.syn_ts is not None:
+                rec.rtt_ns = max(ts - rec.syn_ts, 0)
+
+    def _roll(self, now: int) -> None:
+        """An accounting interval ends (or the first one starts): fold the flows into aggregates."""
+        acct = self.accounting
+        if acct is None:
+            return
+        if acct.stopped:
+            self._acct_end = _NEVER
+            return
+        self._acct_end = acct.roll(now, self._counted_flows())
+
+    def _counted_flows(self) -> Iterator[TCPConn | UDPFlow]:
+        yield from self.tcp.by_index.values()
+        yield from self.udp.by_index.values()
 
     def _count(self, n: int, ts: int) -> None:
         """Bring the packet counters up to date after ``n`` packets of the inlined path."""
@@ -268,9 +383,22 @@ class Engine:
         )
         conn = TCPConn(None, self.limits, self.ooo_budget, idx)  # type: ignore[arg-type]
         port_hint = min(sport, dport)
+        if self.accounting is not None:
+            client = tcp_client(flags, sport, dport)
+            acct = conn.acct = FlowRecord("tcp", client, a.ip or "", sport, b.ip or "", dport, ts)
+            emit = self._emit
+
+            def emit_counted(call: Call) -> None:
+                acct.called(call.protocol)  # gRPC over an HTTP/2 connection: its flows say grpc too
+                emit(call)
+
+            ctx.emit = emit_counted
+        noted = self._noted
 
         def decided(dissector: Dissector) -> None:
             conn.sink = dissector
+            if conn.acct is not None:
+                conn.acct.decided(None if dissector is IGNORED else noted[0])
 
         def switch(h: Handoff) -> None:
             """A dissector hands the connection on (h2c Upgrade, CONNECT): see `base.Handoff`."""
@@ -280,6 +408,8 @@ class Engine:
                 if analyzer is None:
                     return
                 new = analyzer.new(ctx, h)
+                if conn.acct is not None:
+                    conn.acct.decided(h.protocol)
             else:  # a tunnel: whatever it carries starts clean, like a fresh connection
                 new = Detecting(
                     dataclasses.replace(ctx, handshake_seen=True), self.analyzers, port_hint, decided
@@ -316,9 +446,11 @@ class Engine:
             self.udp.evict(ts)
         self._conn_index += 1
         idx = self._conn_index
+        a = Endpoint(ip=ip_text(src), port=sport)
+        b = Endpoint(ip=ip_text(dst), port=dport)
         ctx = ConnContext(
             flow_id=f"{self.source}/f{idx}",
-            endpoints=(Endpoint(ip=ip_text(src), port=sport), Endpoint(ip=ip_text(dst), port=dport)),
+            endpoints=(a, b),
             emit=self._emit,
             transport="udp",
             handshake_seen=True,  # every datagram starts a message
@@ -326,9 +458,15 @@ class Engine:
             budget=self.body_budget,
         )
         flow = UDPFlow(IGNORED, idx)
+        if self.accounting is not None:
+            client = udp_client(sport, dport)
+            flow.acct = FlowRecord("udp", client, a.ip or "", sport, b.ip or "", dport, ts)
+        noted = self._noted
 
         def decided(dissector: Dissector) -> None:
             flow.sink = dissector
+            if flow.acct is not None:
+                flow.acct.decided(None if dissector is IGNORED else noted[0])
 
         flow.sink = Detecting(ctx, self.udp_analyzers, min(sport, dport), decided)
         flow.last_ts = ts
@@ -340,6 +478,8 @@ class Engine:
         the packets' time base), so a quiet connection's last calls come out; they land in ``self.out``."""
         if now_ns > self.now:
             self.now = now_ns
+        if self.now >= self._acct_end:
+            self._roll(self.now)
         self._sweep(self.now)
         if self.plain is not None:
             self.plain.tick(self.now)
@@ -352,7 +492,11 @@ class Engine:
         self.frags.expire(now)
 
     def finish(self) -> None:
-        """End of input: every flow is closed and its pending calls flushed, oldest first."""
+        """End of input: every flow is closed and its pending calls flushed, oldest first. Flow
+        accounting emits its last, partial interval first (with the open flows as active)."""
+        if self.accounting is not None:
+            self.accounting.stop(self.now, self._counted_flows())
+            self._acct_end = _NEVER
         for conn in self.tcp.flows():
             self.tcp.drop(conn, self.now)
         for flow in self.udp.flows():

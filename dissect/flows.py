@@ -3,10 +3,15 @@
 Each flow is filed under both of its 4-tuples with the direction that tuple means, so finding the
 flow of a packet is one dict lookup (`by_key`, used directly on the engine's hot path). Flows are
 also kept by index in creation order, which is the order they are finished in at the end of input.
+
+``on_drop`` (set by an engine that does flow accounting) sees every flow right after it was finished
+and just before it is forgotten, whatever the reason (idle, linger over, eviction, a new connection
+on its 4-tuple, end of input), so its last counts are not lost with it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
 Key = tuple[bytes, int, bytes, int]
@@ -28,6 +33,7 @@ class FlowTable(Generic[F]):
         self.by_key: dict[Key, tuple[F, int]] = {}
         self.by_index: dict[int, F] = {}
         self._keys: dict[int, tuple[Key, Key]] = {}
+        self.on_drop: Callable[[F], None] | None = None  # see the module docstring
 
     def __len__(self) -> int:
         return len(self.by_index)
@@ -46,6 +52,8 @@ class FlowTable(Generic[F]):
     def drop(self, flow: F, ts: int) -> None:
         """Finish ``flow`` (its dissector flushes) and forget it."""
         flow.finish(ts)
+        if self.on_drop is not None:
+            self.on_drop(flow)
         for k in self._keys.pop(flow.index, ()):
             hit = self.by_key.get(k)
             if hit is not None and hit[0] is flow:

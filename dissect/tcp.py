@@ -12,12 +12,23 @@ with nothing buffered — is a comparison and a call into the dissector. Everyth
   gap of the known missing size with ``snaplen=True``.
 
 Sequence numbers are compared modulo 2**32, so wrap-around needs no special case.
+
+Flow accounting (`dissect.flowstats`) reads a few counters here: ``packets`` and ``wire`` per
+direction (bumped by the engine, which knows each frame's wire length), ``Direction.retrans`` (the
+segments seen again, counted where the retransmission is noted), ``reset`` (ended by a RST) and
+``hs`` (the engine's mark for "SYN-ACK seen, the client's ACK not yet"). They cost nothing on the
+in-order fast path.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dissect.base import Budget, Dissector, Limits
 from dissect.model import Flag
+
+if TYPE_CHECKING:
+    from dissect.flowstats import FlowRecord
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 M32 = 0xFFFFFFFF
@@ -27,7 +38,7 @@ HALF = 0x80000000
 class Direction:
     """Reassembly state of one direction of a connection."""
 
-    __slots__ = ("done", "fin_seq", "next_seq", "ooo", "ooo_bytes")
+    __slots__ = ("done", "fin_seq", "next_seq", "ooo", "ooo_bytes", "retrans")
 
     def __init__(self) -> None:
         self.next_seq: int | None = None  # next expected sequence number; None until first seen
@@ -35,12 +46,26 @@ class Direction:
         self.ooo_bytes = 0
         self.fin_seq: int | None = None  # sequence number the FIN occupies
         self.done = False  # FIN consumed in order
+        self.retrans = 0  # segments (or held copies) that repeated bytes already seen
 
 
 class TCPConn:
     """Reassembles one connection and drives its dissector (``sink``)."""
 
-    __slots__ = ("budget", "closed", "dirs", "index", "last_ts", "limits", "sink")
+    __slots__ = (
+        "acct",
+        "budget",
+        "closed",
+        "dirs",
+        "hs",
+        "index",
+        "last_ts",
+        "limits",
+        "packets",
+        "reset",
+        "sink",
+        "wire",
+    )
 
     def __init__(self, sink: Dissector, limits: Limits, budget: Budget, index: int = 0) -> None:
         self.sink = sink
@@ -50,6 +75,12 @@ class TCPConn:
         self.last_ts = 0
         self.closed = False
         self.index = index
+        # flow accounting (see the module docstring); only an accounting engine touches them
+        self.packets = [0, 0]
+        self.wire = [0, 0]
+        self.reset = False
+        self.hs = False
+        self.acct: FlowRecord | None = None
 
     def segment(self, d: int, seq: int, ack: int, flags: int, payload: bytes, missing: int, ts: int) -> None:
         """One TCP segment of direction ``d`` (``missing``: payload bytes cut by the snap length)."""
@@ -93,6 +124,7 @@ class TCPConn:
                 self.finish(ts)
                 return
         if flags & RST:
+            self.reset = True
             self.finish(ts)
 
     # -- slow paths ----------------------------------------------------------------------------
@@ -102,6 +134,7 @@ class TCPConn:
         st = self.dirs[d]
         assert st.next_seq is not None
         behind = (st.next_seq - seq) & M32
+        st.retrans += 1
         self.sink.note(d, Flag.RETRANSMISSION)
         if behind >= len(payload) + missing:
             return
@@ -123,6 +156,7 @@ class TCPConn:
         old = st.ooo.get(seq)
         if old is not None:
             if len(old[0]) + old[1] >= len(payload) + missing:
+                st.retrans += 1
                 self.sink.note(d, Flag.RETRANSMISSION)
                 return
             st.ooo_bytes -= len(old[0])
@@ -232,3 +266,7 @@ class TCPConn:
 
     def buffered_bytes(self) -> int:
         return self.dirs[0].ooo_bytes + self.dirs[1].ooo_bytes
+
+    def retransmitted(self) -> tuple[int, int]:
+        """Retransmitted segments per direction (for flow accounting)."""
+        return self.dirs[0].retrans, self.dirs[1].retrans

@@ -116,6 +116,15 @@ def add_capture_options(p: argparse.ArgumentParser, *, state_default: str) -> No
         help="mask only what --redact-header/--redact-json-key name",
     )
     p.add_argument(
+        "--flow-interval",
+        type=_flow_interval,
+        default=10.0,
+        metavar="SECONDS",
+        help="flow accounting: bytes, packets, connections, resets, retransmissions and handshake "
+        "RTT of every TCP connection and UDP flow (dissected or not), sent to the hub per this many "
+        "seconds (default 10; a divisor of 60 keeps intervals inside the hub's minutes; 0 turns it off)",
+    )
+    p.add_argument(
         "--no-identity", action="store_true", help="do not look up the processes behind connections"
     )
     p.add_argument(
@@ -153,6 +162,17 @@ def add_capture_options(p: argparse.ArgumentParser, *, state_default: str) -> No
     )
 
 
+def _flow_interval(text: str) -> float:
+    """--flow-interval: 0 (off) or at least one second."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value != 0 and not 1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text} s: use 0 (off) or 1 to 3600 seconds")
+    return value
+
+
 def worker_config(
     args: argparse.Namespace, hub: str, token: str | Callable[[], str | None] | None
 ) -> WorkerConfig:
@@ -181,6 +201,7 @@ def worker_config(
         kubeconfig=args.kubeconfig,
         k8s_context=args.k8s_context,
         k8s_scope=args.k8s_pods,
+        flow_interval=args.flow_interval,
     )
 
 

@@ -3,6 +3,8 @@
     k8s = ClusterIdentity(node="node-a", kubeconfig=None)   # None: in-cluster ServiceAccount
     warnings = k8s.start(sync_timeout=15)                    # K8sConfigError when there is no API
     k8s.tag(call)                                            # on the capture thread, per call
+    k8s.tag_flow(aggregate)                                  # ... per flow aggregate
+    k8s.cluster_ranges()                                     # pod CIDRs and node addresses
     k8s.stats()                                              # for the worker's stats message
     k8s.close()
 
@@ -29,6 +31,7 @@ last known state while the API server is down.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 import urllib.parse
@@ -37,12 +40,14 @@ from typing import Any
 
 from capture.k8s.index import IdentityIndex
 from capture.k8s.watch import DEFAULT_KINDS, K8sConfigError, Selector, Watcher, load_api_client
+from dissect.flowstats import FlowAggregate
 from dissect.model import Call
 
 log = logging.getLogger("capture.k8s")
 
 SCOPES = ("node", "cluster")
 PRUNE_INTERVAL_S = 30.0  # a quiet cluster sends no events, so ended ranges are pruned on a timer too
+MAX_RANGES = 4096  # cluster_ranges reported (design: the hub keeps at most this many per worker)
 
 __all__ = ["SCOPES", "ClusterIdentity", "K8sConfigError"]
 
@@ -75,6 +80,7 @@ class ClusterIdentity:
         self.server = ""
         self._last_prune = 0.0
         self.tagged = 0
+        self.tagged_flows = 0
 
     def start(self, sync_timeout: float = 15.0) -> list[str]:
         """Connect and start watching; wait up to `sync_timeout` for the first lists (calls captured
@@ -114,6 +120,48 @@ class ClusterIdentity:
         self.index.tag(call)
         self.tagged += 1
 
+    def tag_flow(self, agg: FlowAggregate) -> None:
+        """Fill both ends of a flow aggregate as a call's ends are filled (`tag`), at the interval's
+        start: the same index, the same order of evidence. The client's port was folded away, so
+        its end is named by address alone (a pod, a node, a pod CIDR)."""
+        probe = Call(protocol=agg.protocol or "", transport=agg.transport, src=agg.src, dst=agg.dst)
+        probe.request_ts = agg.start_ts
+        self.index.tag(probe)  # fills agg.src and agg.dst in place: the probe holds the same objects
+        self.tagged_flows += 1
+
+    def cluster_ranges(self) -> list[str]:
+        """The cluster's address ranges as this worker knows them: every node's pod CIDRs and
+        addresses (as /32 or /128), adjacent ranges merged, the widest first, at most MAX_RANGES.
+        What the hub takes as "inside the cluster" when it names an endpoint external."""
+        nodes = self.index.nodes()
+        v4: list[ipaddress.IPv4Network] = []
+        v6: list[ipaddress.IPv6Network] = []
+        for info in nodes:
+            for ip in info.ips:
+                try:
+                    net = ipaddress.ip_network(ip)
+                except ValueError:
+                    continue
+                if isinstance(net, ipaddress.IPv4Network):
+                    v4.append(net)
+                else:
+                    v6.append(net)
+            for version, plen, prefix in info.pod_cidrs:
+                try:
+                    if version == 4:
+                        v4.append(ipaddress.IPv4Network((prefix << (32 - plen), plen)))
+                    else:
+                        v6.append(ipaddress.IPv6Network((prefix << (128 - plen), plen)))
+                except ValueError:
+                    continue
+        merged: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = [
+            *ipaddress.collapse_addresses(v4),
+            *ipaddress.collapse_addresses(v6),
+        ]
+        # widest first (most addresses), so a cut at MAX_RANGES keeps the most of the cluster
+        merged.sort(key=lambda n: (n.prefixlen - n.max_prefixlen, n.version, int(n.network_address)))
+        return [str(n) for n in merged[:MAX_RANGES]]
+
     def tick(self) -> None:
         """From the worker's timer: prune ranges that ended long ago when no events arrive."""
         now = time.monotonic()
@@ -151,6 +199,7 @@ class ClusterIdentity:
             "node": self.node,
             "synced": self.synced(),
             "tagged": self.tagged,
+            "tagged_flows": self.tagged_flows,
             "kinds": kinds,
             "index": self.index.stats(),
         }

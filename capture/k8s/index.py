@@ -67,6 +67,7 @@ from capture.k8s.objects import (
     BadObject,
     EndpointPort,
     Ignored,
+    NodeInfo,
     OwnerRef,
     PodCidr,
     PodInfo,
@@ -389,6 +390,11 @@ class IdentityIndex:
             return self._prune()
 
     # -- questions -----------------------------------------------------------------------------------
+
+    def nodes(self) -> list[NodeInfo]:
+        """The nodes known now (their addresses and pod CIDRs), a snapshot."""
+        with self._lock:
+            return [st.info for st in self._nodes.values()]
 
     def resolve(self, ip: str | None, port: int | None, ts_ns: int) -> Identity | None:
         """Who ``ip`` (and ``port``) was at ``ts_ns``, or None when the index does not know."""
