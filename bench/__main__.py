@@ -17,8 +17,10 @@ from pathlib import Path
 
 from bench import (
     dns_kafka_dissect,
+    flow_accounting,
     http1_dissect,
     http2_dissect,
+    hub_aggregates,
     hub_ingest,
     hub_query,
     k8s_index,
@@ -41,11 +43,13 @@ BENCHES: dict[str, tuple[Bench, str]] = {
     dns_kafka_dissect.KAFKA_NAME: (dns_kafka_dissect.run_kafka, dns_kafka_dissect.KAFKA_TITLE),
     hub_ingest.NAME: (hub_ingest.run, hub_ingest.TITLE),
     hub_query.NAME: (hub_query.run, hub_query.TITLE),
+    hub_aggregates.NAME: (hub_aggregates.run, hub_aggregates.TITLE),
     worker_capture.NAME: (worker_capture.run, worker_capture.TITLE),
     worker_stages.NAME: (worker_stages.run, worker_stages.TITLE),
     tls_trace.NAME: (tls_trace.run, tls_trace.TITLE),
     tls_keylog.NAME: (tls_keylog.run, tls_keylog.TITLE),
     k8s_index.NAME: (k8s_index.run, k8s_index.TITLE),
+    flow_accounting.NAME: (flow_accounting.run, flow_accounting.TITLE),
 }
 
 HEADER = """\

@@ -1,7 +1,10 @@
-"""The hub's query API: `GET /api/v1/calls`, `GET /api/v1/calls/{id}`, `GET /healthz`.
+"""The hub's query API: `GET /api/v1/calls`, `GET /api/v1/calls/{id}`, `GET /api/v1/map`, `GET /healthz`.
 
     GET /api/v1/calls?filter=&from=&to=&limit=&cursor=&order=desc|asc&bodies=0|1
         -> {"calls": [Call JSON, ...], "next_cursor": "..." | null}
+
+    GET /api/v1/map?from=&to=&filter=&limit=&source=auto|calls|aggregates
+        -> the service map (hub/mapping.py)
 
 Summaries (the stored `record`, no bodies) unless `bodies=1`. `from`/`to` bound the call's start
 time (request_ts, else response_ts), RFC 3339 or relative (`-5m`, resolved when the request
@@ -140,8 +143,12 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    # hub.mapping builds on this module (parse_when, the 400 answers): imported here, not at the top
+    from hub.mapping import get_map
+
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/v1/calls", list_calls)
     # ids hold a slash (`<capture sha>/<index>`, `<node>/<ULID>`): match the rest of the path
     app.router.add_get("/api/v1/calls/{id:.+}", get_call)
+    app.router.add_get("/api/v1/map", get_map)

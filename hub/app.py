@@ -8,6 +8,13 @@ and `GET /metrics` (`hub/stats.py`, `hub/metrics.py`), the live WebSocket `/api/
 (`hub/replay.py`), and `GET /api/v1/export` (`hub/export.py`: a pcapng of the frames of the
 matching calls' connections).
 
+The per-minute aggregates (`hub/aggregates.py`, `aggregates.duckdb` beside the calls) are fed by the
+writer (committed calls, `flows` messages); their timer (flush, retention) runs with the application
+and they are flushed and closed after the writer stopped, so the last calls are in them. `/metrics`
+gets their per-edge and per-endpoint counters appended (`metrics.render_aggregates`). The service map
+(`hub/mapping.py`) reads them through `mapping.AGGREGATES_KEY` and the cluster ranges through
+`mapping.RANGES_KEY`.
+
 With `client_certs` ("ingest" or "all", for a hub serving TLS with a client CA: `hub/tls.py`), the
 requests that scope covers also need a verified client certificate; that check runs before the
 token's.
@@ -15,11 +22,15 @@ token's.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
 
-from hub import api, auth, export, ingest, live, replay, stats, tls
+from hub import api, auth, export, ingest, live, mapping, replay, stats, tls
+from hub.aggregates import AGGREGATES_KEY, DEFAULT_RETAIN_NS, FILE_NAME, Aggregates
+from hub.nodes import ClusterRanges
 from hub.store import Store
 
 
@@ -30,22 +41,42 @@ def make_app(
     batch_interval: float = 0.5,
     batch_max_calls: int = 20_000,
     client_certs: str | None = None,
+    aggregate_retain_ns: int = DEFAULT_RETAIN_NS,
+    cluster_cidrs: Sequence[str] = (),
+    aggregates: Aggregates | None = None,
 ) -> web.Application:
     """`token=None` means no auth (only allowed on loopback: `auth.check_startup`). `client_certs`:
-    None, or the scope (`tls.SCOPES`) in which a client certificate is required."""
+    None, or the scope (`tls.SCOPES`) in which a client certificate is required. The aggregates are
+    `aggregates`, else opened in the store's directory with `aggregate_retain_ns` and `cluster_cidrs`
+    (`hub.aggregates.AggregatesError` when the file cannot be used); the application closes them."""
+    if aggregates is None:
+        aggregates = Aggregates(store.root / FILE_NAME, aggregate_retain_ns, ClusterRanges(cluster_cidrs))
     middlewares = [auth.middleware(token)]
     if client_certs is not None:
         middlewares.insert(0, tls.middleware(client_certs))
     app = web.Application(middlewares=middlewares, client_max_size=64 << 20)
     app[api.STORE_KEY] = store
-    writer = ingest.Writer(store, interval=batch_interval, max_calls=batch_max_calls)
+    app[AGGREGATES_KEY] = aggregates
+    app[mapping.AGGREGATES_KEY] = aggregates
+    app[mapping.RANGES_KEY] = aggregates.ranges
+    writer = ingest.Writer(store, interval=batch_interval, max_calls=batch_max_calls, aggregates=aggregates)
     app[ingest.WRITER_KEY] = writer
+
+    async def aggregates_ctx(app: web.Application) -> AsyncIterator[None]:
+        timer = asyncio.get_running_loop().create_task(aggregates.maintain(), name="hub-aggregates")
+        yield
+        timer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await timer
+        # after the writer stopped (cleanup runs in reverse): its last commits are counted
+        await asyncio.get_running_loop().run_in_executor(None, aggregates.close)
 
     async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
         writer.start()
         yield
         await writer.stop()
 
+    app.cleanup_ctx.append(aggregates_ctx)
     app.cleanup_ctx.append(writer_ctx)
     api.add_routes(app)
     app.router.add_get("/api/v1/ingest", ingest.handle_ingest)

@@ -12,7 +12,13 @@ Messages are JSON objects with a `type`:
   packet's own `linktype` overrides the message's). Validated one by one like calls (a bad packet is
   an `error` with `seq` and `index`, counted in the ack's `rejected`), stored by the same writer with
   `Store.add_packets` and acked after that commit: `{"type": "ack", "seq", "packets", "rejected"}`.
-- `stats` {drops, ...}: the worker's report on itself (hub/workers.py).
+- `flows` {seq, flows: [FlowAggregate JSON]}: a worker's per-interval flow accounting (bytes,
+  packets, connections per client/server pair; `hub.aggregates.FlowRecord`). Validated one by one
+  (a bad flow is an `error` with `seq` and `index`, counted in the ack's `rejected`), turned into
+  per-minute rows of the aggregates (`hub/aggregates.py`) and committed by the same writer, then
+  acked: `{"type": "ack", "seq", "flows", "rejected"}`, so an acknowledged flow survives `kill -9`.
+  Flows older than the aggregates' retention are acknowledged and dropped (`flows_expired`).
+- `stats` {drops, cluster_ranges, ...}: the worker's report on itself (hub/workers.py).
 - `export-data` {id, seq, packets, done, error?}: a chunk of a worker's answer to an
   `export-request` the hub sent it (hub/gather.py has the exchange; hub/export.py asks): each frame
   validated like a `packets` frame (with its own `linktype`), then handed to the waiting export.
@@ -24,7 +30,9 @@ Messages are JSON objects with a `type`:
 The writer (`Writer`) is one task: it takes batches off a queue, gathers them for half a second
 (the hub's `--batch-interval`; or until `max_calls`), runs one `Store.add` in a thread (one bulk
 insert, one transaction), and one `Store.add_packets` for the frames of the `packets` messages among
-them, and then queues the acks on each connection's sender. Half a second keeps a live call's delay
+them, and the aggregates' `add_flows` for the rows of the `flows` messages, and then queues the acks
+on each connection's sender. With aggregates, every committed batch of calls is also counted into
+them (a listener: `Aggregates.add_calls`). Half a second keeps a live call's delay
 from packet to the TUI under a second while a commit still carries thousands of calls. The store
 deduplicates by id, so a batch resent after a reconnect is stored once.
 """
@@ -44,6 +52,7 @@ import msgspec
 from aiohttp import WSMsgType, web
 
 from dissect.model import SCHEMA_VERSION, Call
+from hub.aggregates import FLOW_DECODER, Aggregates, FlowRecord, FlowRow
 from hub.gather import Exporters, Frame
 from hub.store import PacketRow, Store
 from hub.workers import Workers, WorkerState
@@ -57,6 +66,7 @@ class _Envelope(msgspec.Struct):
     calls: list[msgspec.Raw] = []
     linktype: int | None = None  # packets: the link type of the message's frames
     packets: list[msgspec.Raw] = []
+    flows: list[msgspec.Raw] = []
     worker: str | None = None
     capabilities: list[str] = []
 
@@ -74,6 +84,10 @@ class Stats:
     packets_received: int = 0
     packets_stored: int = 0
     packets_rejected: int = 0
+    flows_messages: int = 0
+    flows_received: int = 0
+    flows_rejected: int = 0
+    flows_expired: int = 0
     frame_errors: int = 0
     commits: int = 0
     commit_errors: int = 0
@@ -100,11 +114,13 @@ class _Pending:
     calls: list[Call]
     rejected: int
     packets: list[PacketRow] | None = None  # a `packets` message's valid frames
+    flows: list[FlowRow] | None = None  # a `flows` message's rows for the aggregates
+    flow_count: int = 0  # the valid flows behind them (what the ack reports)
 
     @property
     def size(self) -> int:
-        """Calls plus frames: what the writer's batch size and back-pressure count."""
-        return len(self.calls) + (len(self.packets) if self.packets else 0)
+        """Calls, frames and flows: what the writer's batch size and back-pressure count."""
+        return len(self.calls) + (len(self.packets) if self.packets else 0) + self.flow_count
 
 
 class Writer:
@@ -117,8 +133,10 @@ class Writer:
         max_calls: int = 20_000,
         enforce_every: float = 60.0,
         max_queued: int = 200_000,
+        aggregates: Aggregates | None = None,
     ) -> None:
         self.store = store
+        self.aggregates = aggregates
         self.interval = interval
         self.max_calls = max_calls
         self.enforce_every = enforce_every
@@ -127,7 +145,10 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         # called on the event loop with the calls of every committed batch (live fan-out, stats)
         self.listeners: list[Callable[[Sequence[Call]], None]] = []
-        self.workers = Workers()
+        if aggregates is not None:
+            self.listeners.append(aggregates.add_calls)
+        # workers' reported cluster ranges feed the ranges the aggregates key nodes by
+        self.workers = Workers(aggregates.ranges if aggregates is not None else None)
         self.exporters = Exporters()  # connections that can be asked for frames (hub/gather.py)
         self.max_queued = max_queued
         self.queued = 0  # calls and frames submitted and not yet committed (or failed)
@@ -219,6 +240,9 @@ class Writer:
             if frames:
                 new = await loop.run_in_executor(None, self.store.add_packets, frames, time.time_ns())
                 self.stats.packets_stored += new
+            rows = [r for p in batch if p.flows for r in p.flows]
+            if rows and self.aggregates is not None:
+                await loop.run_in_executor(None, self.aggregates.add_flows, rows)
             self.stats.commits += 1
             self.store_error = None
         except Exception as e:
@@ -330,6 +354,9 @@ def _count(env: _Envelope, conn: Conn, writer: Writer) -> None:
         state.calls += len(env.calls)
     elif env.type == "packets":
         state.packets_messages += 1
+    elif env.type == "flows":
+        state.flows_messages += 1
+        state.flows += len(env.flows)
 
 
 def _on_hello(env: _Envelope, data: str | bytes, conn: Conn, writer: Writer) -> None:
@@ -370,6 +397,8 @@ _FRAME = msgspec.json.Decoder(_Frame)
 
 
 def _ack(p: _Pending) -> dict[str, Any]:
+    if p.flows is not None:
+        return {"type": "ack", "seq": p.seq, "flows": p.flow_count, "rejected": p.rejected}
     if p.packets is not None:
         return {"type": "ack", "seq": p.seq, "packets": len(p.packets), "rejected": p.rejected}
     return {"type": "ack", "seq": p.seq, "calls": len(p.calls), "rejected": p.rejected}
@@ -554,6 +583,46 @@ def _on_export_data(env: _Envelope, data: str | bytes, conn: Conn, writer: Write
         _error(conn, writer, err, id=msg.id, seq=msg.seq)
 
 
+def _on_flows(env: _Envelope, data: str | bytes, conn: Conn, writer: Writer) -> None:
+    """Validate each flow aggregate, turn the valid ones into per-minute rows of the aggregates
+    (node look-ups here, on the loop, where the node cache lives) and queue them for the writer,
+    which commits them and then acks."""
+    writer.stats.flows_messages += 1
+    if env.seq is None:
+        _error(conn, writer, "a flows message needs a seq")
+        return
+    aggregates = writer.aggregates
+    if aggregates is None:
+        _error(conn, writer, "this hub keeps no aggregates: flows are not accepted", seq=env.seq)
+        return
+    now = time.time_ns()
+    good: list[FlowRecord] = []
+    rejected = expired = 0
+    for i, raw in enumerate(env.flows):
+        try:
+            flow = FLOW_DECODER.decode(raw)
+        except msgspec.DecodeError as e:  # ValidationError is a DecodeError
+            problem: str | None = f"not a valid flow aggregate: {e}"
+        else:
+            problem = aggregates.flow_problem(flow, now)
+            if problem is None:
+                if aggregates.expired(flow, now):
+                    expired += 1
+                else:
+                    good.append(flow)
+                continue
+        rejected += 1
+        if rejected <= MAX_ERRORS_PER_MESSAGE:
+            _error(conn, writer, f"flow: {problem}", seq=env.seq, index=i)
+    if rejected > MAX_ERRORS_PER_MESSAGE:
+        _error(conn, writer, f"{rejected - MAX_ERRORS_PER_MESSAGE} more bad flows not reported", seq=env.seq)
+    writer.stats.flows_received += len(good)
+    writer.stats.flows_rejected += rejected
+    writer.stats.flows_expired += expired
+    rows = aggregates.prepare_flows(good)
+    writer.submit(_Pending(conn, env.seq, [], rejected, flows=rows, flow_count=len(good) + expired))
+
+
 _STATS = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -570,6 +639,7 @@ HANDLERS: dict[str, Callable[[_Envelope, str | bytes, Conn, Writer], None]] = {
     "hello": _on_hello,
     "calls": _on_calls,
     "packets": _on_packets,
+    "flows": _on_flows,
     "stats": _on_stats,
     "export-data": _on_export_data,
 }

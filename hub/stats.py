@@ -37,6 +37,7 @@ from aiohttp import web
 
 from dissect.filter import ERRORS, FilterError, parse
 from hub import filter_sql, metrics
+from hub.aggregates import AGGREGATES_KEY
 from hub.api import STORE_KEY, BadRequest, bad_filter, bad_request, parse_when
 from hub.ingest import WRITER_KEY
 from hub.store import TS_SQL, Store
@@ -285,6 +286,9 @@ async def get_metrics(request: web.Request) -> web.Response:
         live() if live is not None else None,
         app[STARTED_KEY],
     )
+    agg = app.get(AGGREGATES_KEY)
+    if agg is not None:  # per edge and per endpoint, from memory (no query), bounded cardinality
+        text += metrics.render_aggregates(agg.counters, agg.health())
     return web.Response(body=text.encode(), headers={"Content-Type": PROMETHEUS_TEXT})
 
 

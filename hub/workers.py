@@ -12,6 +12,11 @@ reports them as they are, so data the node had to
 give up is visible here rather than silently missing. Other keys are kept as sent, bounded in size
 (`MAX_STATS_BYTES`) so a hostile or broken worker cannot grow the hub's memory; the number of
 workers is bounded too (`MAX_WORKERS`, the oldest disconnected one is forgotten first).
+
+`cluster_ranges` (the CIDRs a worker knows are the cluster: its nodes' pod CIDRs and addresses) go
+to the hub's `hub.nodes.ClusterRanges`, which decides what is an external address on the service map
+and in the aggregates. Workers repeat them every few seconds, so they are parsed only when they
+differ from the last report (kept to compare); `to_dict` shows how many came and how many parsed.
 """
 
 from __future__ import annotations
@@ -20,8 +25,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from hub.nodes import MAX_RANGES, ClusterRanges
+
 MAX_WORKERS = 4096
-MAX_STATS_BYTES = 64 << 10
+# 4096 cluster ranges in IPv6 text are ~180 KB; the rest of a stats message is a few KB
+MAX_STATS_BYTES = 256 << 10
+MAX_CIDR_TEXT = 64
 MAX_NAME = 253  # a node name
 
 
@@ -36,11 +45,15 @@ class WorkerState:
     calls: int = 0  # calls received in `calls` messages
     batches: int = 0
     packets_messages: int = 0
+    flows_messages: int = 0
+    flows: int = 0  # flow aggregates received in `flows` messages
     errors: int = 0  # frames answered with an error
     export_requests: int = 0  # export requests the hub sent it (hub/export.py)
     export_failures: int = 0  # ... that it did not answer in full: disconnected, silent, or failed
     drops: dict[str, int] = field(default_factory=dict)  # from the worker's own `stats`
     reported: dict[str, Any] = field(default_factory=dict)  # the rest of its last `stats`
+    cluster_ranges: list[str] = field(default_factory=list)  # as last reported (to skip repeats)
+    cluster_ranges_usable: int = 0  # how many of them parsed as CIDRs
 
     def to_dict(self, now_ns: int) -> dict[str, Any]:
         return {
@@ -54,6 +67,9 @@ class WorkerState:
             "calls": self.calls,
             "batches": self.batches,
             "packets_messages": self.packets_messages,
+            "flows_messages": self.flows_messages,
+            "flows": self.flows,
+            "cluster_ranges": {"reported": len(self.cluster_ranges), "usable": self.cluster_ranges_usable},
             "errors": self.errors,
             "export_requests": self.export_requests,
             "export_failures": self.export_failures,
@@ -63,10 +79,11 @@ class WorkerState:
 
 
 class Workers:
-    """The registry (event-loop only: no locking)."""
+    """The registry (event-loop only: no locking). `ranges`: where reported cluster ranges go."""
 
-    def __init__(self) -> None:
+    def __init__(self, ranges: ClusterRanges | None = None) -> None:
         self._by_name: dict[str, WorkerState] = {}
+        self.ranges = ranges
 
     def get(self, name: str) -> WorkerState:
         name = name[:MAX_NAME] or "?"
@@ -81,6 +98,8 @@ class Workers:
         idle = [w for w in self._by_name.values() if w.connections == 0]
         victim = min(idle or self._by_name.values(), key=lambda w: w.last_seen_ns or 0)
         del self._by_name[victim.name]
+        if self.ranges is not None:
+            self.ranges.forget(victim.name)
 
     def connected(self, state: WorkerState, capabilities: list[str], now_ns: int | None = None) -> None:
         now = time.time_ns() if now_ns is None else now_ns
@@ -104,8 +123,19 @@ class Workers:
             for k, v in drops.items()
         ):
             return 'stats "drops" must be an object of non-negative integer counters'
+        ranges = body.get("cluster_ranges", [])
+        if (
+            not isinstance(ranges, list)
+            or len(ranges) > MAX_RANGES
+            or not all(isinstance(r, str) and len(r) <= MAX_CIDR_TEXT for r in ranges)
+        ):
+            return f'stats "cluster_ranges" must be a list of at most {MAX_RANGES} CIDR strings'
         state.drops = {k[:64]: v for k, v in drops.items()}
-        state.reported = {k: v for k, v in body.items() if k not in ("type", "drops", "seq")}
+        skip = ("type", "drops", "seq", "cluster_ranges")
+        state.reported = {k: v for k, v in body.items() if k not in skip}
+        if ranges != state.cluster_ranges:
+            state.cluster_ranges = ranges
+            state.cluster_ranges_usable = self.ranges.report(state.name, ranges) if self.ranges else 0
         return None
 
     def all(self) -> list[WorkerState]:

@@ -93,8 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run without a token (only on a loopback address)",
     )
     h.add_argument("--batch-interval", type=float, default=0.5, help=argparse.SUPPRESS)
-    from podshark.hub_cmd import add_tls_arguments
+    from podshark.hub_cmd import add_aggregate_arguments, add_tls_arguments
 
+    add_aggregate_arguments(h)
     add_tls_arguments(h)
 
     i = sub.add_parser(
@@ -139,6 +140,41 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-bodies", action="store_true", help="with --json: leave bodies out")
     c.add_argument("--token-file", default=None, metavar="FILE", help="file holding the bearer token")
     add_client_options(c)
+
+    mp = sub.add_parser(
+        "map",
+        epilog=filter_help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="the service map: who calls whom, with rates, errors, latency and bytes",
+        description=(
+            "Print a hub's service map for a window (default the last 15 minutes): one edge per client, "
+            "server and protocol with calls/s, error rate, p50/p99 latency, bytes/s and connections; "
+            "addresses outside the cluster are marked external. Without --filter it comes from the "
+            "hub's aggregates (traffic that was never dissected included); with one, or for a window "
+            "older than the aggregates keep, from the matching calls. --format dot writes Graphviz "
+            "(podshark map --format dot | dot -Tsvg > map.svg); json carries each edge's filter, "
+            "which selects exactly its calls in 'podshark calls'."
+        ),
+    )
+    mp.add_argument("--hub", required=True, metavar="URL", help="hub URL, e.g. http://127.0.0.1:8898")
+    mp.add_argument("--filter", default="", metavar="EXPR", help="only the calls that match (default: all)")
+    mp.add_argument("--from", dest="from_", default=None, metavar="T", help="RFC 3339 or relative (-1h)")
+    mp.add_argument("--to", default=None, metavar="T", help="RFC 3339 or relative (default: now)")
+    mp.add_argument(
+        "--format",
+        choices=("table", "json", "dot"),
+        default=None,
+        help="output (default: table on a terminal, json otherwise)",
+    )
+    mp.add_argument("--limit", type=int, default=None, metavar="N", help="at most N edges, busiest first")
+    mp.add_argument(
+        "--source",
+        choices=("auto", "calls", "aggregates"),
+        default="auto",
+        help="auto: aggregates without --filter, calls with one; calls: exact percentiles from the calls",
+    )
+    mp.add_argument("--token-file", default=None, metavar="FILE", help="file holding the bearer token")
+    add_client_options(mp)
 
     e = sub.add_parser(
         "export",
@@ -329,6 +365,7 @@ COMMANDS: dict[str, str] = {
     "hub": "podshark.hub_cmd",
     "import": "podshark.import_cmd",
     "calls": "podshark.calls_cmd",
+    "map": "podshark.map_cmd",
     "export": "podshark.export_cmd",
     "open": "podshark.open_cmd",
     "ui": "podshark.ui_cmd",

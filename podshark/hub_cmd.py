@@ -4,18 +4,65 @@ With `--tls-cert`/`--tls-key` it serves HTTPS and WSS; with `--client-ca` it als
 a certificate from that CA and requires one on the ingest WebSocket (workers, `podshark import`), or
 on every endpoint but the probes with `--client-cert-required-for all` (`hub/tls.py`). The bearer
 token stays required either way.
+
+The per-minute traffic aggregates (`hub/aggregates.py`) keep their own retention,
+`--aggregate-retain` (default 30d); `--cluster-cidr` (repeatable) names the cluster's pod, service
+and node ranges, so addresses outside them show as external on the service map (workers add their
+nodes' ranges themselves).
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import sys
 
 EXIT_USAGE = 2
 
 
+def add_aggregate_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "aggregates",
+        "Per-minute traffic aggregates (who talks to whom: calls, errors, latency, bytes, connections) "
+        "kept in aggregates.duckdb beside the calls, for the service map and /metrics.",
+    )
+    g.add_argument(
+        "--aggregate-retain",
+        default="30d",
+        metavar="AGE",
+        help="drop aggregate minutes older than AGE (default 30d); independent of --retain",
+    )
+    g.add_argument(
+        "--cluster-cidr",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="an address range inside the cluster (pod, service or node network; repeatable); "
+        "traffic to addresses outside every range shows as external. Without any (and without "
+        "workers reporting theirs) the private ranges count as the cluster",
+    )
+
+
+def aggregate_options(args: argparse.Namespace) -> tuple[int, list[str]] | str:
+    """(retention ns, cluster CIDRs) from the options, or what is wrong with them."""
+    from dissect.filter import parse_duration
+
+    text = getattr(args, "aggregate_retain", "30d")
+    retain_ns = parse_duration(text)
+    if not retain_ns or retain_ns <= 0:
+        return f"--aggregate-retain wants a duration like 30d or 12h, not {text!r}"
+    cidrs: list[str] = list(getattr(args, "cluster_cidr", []) or [])
+    for c in cidrs:
+        try:
+            ipaddress.ip_network(c, strict=False)
+        except ValueError:
+            return f"--cluster-cidr wants an address range like 10.244.0.0/16, not {c!r}"
+    return retain_ns, cidrs
+
+
 def add_tls_arguments(p: argparse.ArgumentParser) -> None:
+    """The hub command's TLS options."""
     g = p.add_argument_group(
         "TLS",
         "Serve HTTPS/WSS with --tls-cert and --tls-key (podshark certs makes hub.crt and hub.key). "
@@ -63,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from dissect.filter import parse_duration
+    from hub.aggregates import AggregatesError
     from hub.app import make_app
     from hub.auth import AuthError, check_startup, is_loopback, token_from
     from hub.store import Store
@@ -92,6 +140,11 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"podshark: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    agg = aggregate_options(args)
+    if isinstance(agg, str):
+        print(f"podshark: error: {agg}", file=sys.stderr)
+        return EXIT_USAGE
+    aggregate_retain_ns, cluster_cidrs = agg
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     ssl_context = None
     if args.tls_cert:
@@ -103,7 +156,18 @@ def run(args: argparse.Namespace) -> int:
     scope = args.client_cert_required_for if args.client_ca else None
     store = Store(args.db, retain_ns=retain_ns, max_bytes=args.max_size)
     try:
-        app = make_app(store, token, batch_interval=args.batch_interval, client_certs=scope)
+        try:
+            app = make_app(
+                store,
+                token,
+                batch_interval=args.batch_interval,
+                client_certs=scope,
+                aggregate_retain_ns=aggregate_retain_ns,
+                cluster_cidrs=cluster_cidrs,
+            )
+        except AggregatesError as e:
+            print(f"podshark: error: {e}", file=sys.stderr)
+            return 1
         scheme = "https" if ssl_context else "http"
         where = f"[{host}]" if ":" in host else host
         print(
