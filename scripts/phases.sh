@@ -32,7 +32,7 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null;
 # network namespaces. Installed only when something is missing, so a warm machine skips apt entirely.
 APT_RUN=(python3-venv python3-pip)
 APT_RUN_DEMO=(tcpdump iproute2 dnsmasq-base curl)
-APT_TEST=(tshark tcpdump wireshark-common nginx-light curl iproute2 bc openssl nghttp2-server nghttp2-client dnsmasq-base bind9-dnsutils util-linux libbpf1)
+APT_TEST=(tshark tcpdump wireshark-common nginx-light curl iproute2 bc openssl nghttp2-server nghttp2-client dnsmasq-base bind9-dnsutils util-linux libbpf1 graphviz)
 APT_BENCH=(wrk dnsperf tcpreplay)
 system_packages() {
     local want=("$@") missing=()
