@@ -55,7 +55,7 @@ from tests.realtraffic import (
     netns_unavailable_reason,
     tcpdump_capture,
 )
-from tests.tshark_oracle import TSHARK
+from tests.tshark_oracle import TSHARK, tshark_retry
 
 NGHTTPD = shutil.which("nghttpd") or ("/usr/sbin/nghttpd" if os.path.exists("/usr/sbin/nghttpd") else None)
 NGHTTP = shutil.which("nghttp")
@@ -492,16 +492,11 @@ def _first(layer: Any, name: str) -> str | None:
 
 def http2_oracle(path: str | os.PathLike[str], server_ports: Sequence[int] = (NGHTTPD_PORT, ASGI_PORT),
                  decode_as: Mapping[str, str] | None = None) -> H2Oracle:  # fmt: skip
-    """tshark's view, frame by frame, through pyshark (one ``http2`` layer per HTTP/2 frame). One more
-    try when pyshark's tshark child exits 255 (seen rarely on a loaded machine; see tshark_oracle)."""
-    from pyshark.capture.capture import TSharkCrashException
-
-    try:
-        return _http2_oracle_once(path, server_ports, decode_as)
-    except TSharkCrashException:
-        return _http2_oracle_once(path, server_ports, decode_as)
+    """tshark's view, frame by frame, through pyshark (one ``http2`` layer per HTTP/2 frame)."""
+    return _http2_oracle_once(path, server_ports, decode_as)
 
 
+@tshark_retry
 def _http2_oracle_once(
     path: str | os.PathLike[str], server_ports: Sequence[int], decode_as: Mapping[str, str] | None
 ) -> H2Oracle:

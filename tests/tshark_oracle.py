@@ -23,15 +23,16 @@ that frame are matched to them in order (HTTP/1 answers in request order).
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import pytest
 
@@ -236,23 +237,29 @@ def time_span(msg: HttpMessage, frames: Mapping[int, FrameInfo]) -> tuple[int, i
     return min(ts), max(ts)
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def tshark_retry(fn: F) -> F:
+    """One more try when pyshark's tshark child exits 255. It has been seen now and then on a loaded
+    machine (rarely, with the same file read fine before and after, the only error line tshark's
+    "Running as user root" notice); a second failure is raised as it is, so a tshark that really
+    cannot read a file still fails the test."""
+
+    @functools.wraps(fn)
+    def once_more(*args: Any, **kwargs: Any) -> Any:
+        from pyshark.capture.capture import TSharkCrashException
+
+        try:
+            return fn(*args, **kwargs)
+        except TSharkCrashException:
+            return fn(*args, **kwargs)
+
+    return cast(F, once_more)
+
+
+@tshark_retry
 def _read_messages(
-    path: str,
-    decode_as: Mapping[str, str] | None,
-    override_prefs: Mapping[str, str] | None,
-) -> tuple[list[HttpMessage], list[tuple[int, int]]]:
-    """tshark's HTTP messages of `path`. pyshark's tshark child has been seen to exit 255 now and
-    then on a loaded machine (rarely, with the same file read fine before and after): one more try
-    then, and a second failure is raised as it is."""
-    from pyshark.capture.capture import TSharkCrashException
-
-    try:
-        return _read_messages_once(path, decode_as, override_prefs)
-    except TSharkCrashException:
-        return _read_messages_once(path, decode_as, override_prefs)
-
-
-def _read_messages_once(
     path: str,
     decode_as: Mapping[str, str] | None,
     override_prefs: Mapping[str, str] | None,

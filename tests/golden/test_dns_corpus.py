@@ -35,7 +35,7 @@ from dissect.dns.message import TYPE_NAMES
 from dissect.engine import dissect_path
 from dissect.model import Call, Flag
 from tests.conftest import FIXTURES
-from tests.tshark_oracle import TSHARK, requires_pyshark, requires_tshark
+from tests.tshark_oracle import TSHARK, requires_pyshark, requires_tshark, tshark_retry
 
 pytestmark = [pytest.mark.tshark, requires_tshark, requires_pyshark, pytest.mark.timeout(300)]
 
@@ -97,6 +97,7 @@ def _field(layer: Any, name: str) -> Any:
 
 
 @lru_cache(maxsize=32)
+@tshark_retry
 def _read(path: str, stamp: tuple[int, int]) -> tuple[DnsMsg, ...]:
     import pyshark  # lazily: collecting without pyshark still works
 

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import FIXTURES
-from tests.tshark_oracle import TSHARK, requires_pyshark, requires_tshark
+from tests.tshark_oracle import TSHARK, requires_pyshark, requires_tshark, tshark_retry
 
 pytestmark = [pytest.mark.tshark, requires_tshark, requires_pyshark, pytest.mark.timeout(120)]
 
@@ -94,6 +94,7 @@ def _all(layer: Any, name: str) -> list[str]:
 
 
 @cache
+@tshark_retry
 def tshark_streams(path: str, port: int) -> dict[tuple[int, int], H2Stream]:
     """(tcp.stream, HTTP/2 stream id) -> H2Stream, as tshark decodes the file as HTTP/2 on ``port``."""
     import pyshark

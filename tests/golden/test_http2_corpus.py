@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import FIXTURES
-from tests.tshark_oracle import TSHARK, requires_pyshark, requires_tshark
+from tests.tshark_oracle import TSHARK, requires_pyshark, requires_tshark, tshark_retry
 
 pytestmark = [pytest.mark.tshark, requires_tshark, requires_pyshark, pytest.mark.timeout(120)]
 
@@ -88,6 +88,7 @@ def _values(layer: Any, name: str) -> list[str]:
 
 
 @cache
+@tshark_retry
 def tshark_streams(path: str) -> dict[tuple[int, int], dict[str, Any]]:
     """(tcp.stream, http2 stream id) -> {"method", "path", "status", "frames"} as tshark decodes them."""
     import pyshark

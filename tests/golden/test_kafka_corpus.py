@@ -27,7 +27,7 @@ import pytest
 
 from dissect.model import Call, Flag
 from tests.conftest import FIXTURES
-from tests.tshark_oracle import TSHARK, requires_pyshark, requires_tshark
+from tests.tshark_oracle import TSHARK, requires_pyshark, requires_tshark, tshark_retry
 
 pytestmark = [pytest.mark.tshark, requires_tshark, requires_pyshark, pytest.mark.timeout(120)]
 
@@ -103,6 +103,7 @@ def _all(layer: Any, name: str) -> list[str]:
 
 
 @cache
+@tshark_retry
 def tshark_requests(path: str, port: int | None) -> list[TsharkRequest]:
     import pyshark
 
