@@ -38,6 +38,7 @@ from aiohttp import web
 from dissect.filter import ERRORS, FilterError, parse
 from hub import filter_sql, metrics
 from hub.aggregates import AGGREGATES_KEY
+from hub.alerts import ALERTS_KEY
 from hub.api import STORE_KEY, BadRequest, bad_filter, bad_request, parse_when
 from hub.ingest import WRITER_KEY
 from hub.store import TS_SQL, Store
@@ -289,6 +290,9 @@ async def get_metrics(request: web.Request) -> web.Response:
     agg = app.get(AGGREGATES_KEY)
     if agg is not None:  # per edge and per endpoint, from memory (no query), bounded cardinality
         text += metrics.render_aggregates(agg.counters, agg.health())
+    alerts = app.get(ALERTS_KEY)
+    if alerts is not None:  # rule states, events, evaluations and the webhook, from memory
+        text += alerts.metrics_text()
     return web.Response(body=text.encode(), headers={"Content-Type": PROMETHEUS_TEXT})
 
 

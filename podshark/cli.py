@@ -93,9 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run without a token (only on a loopback address)",
     )
     h.add_argument("--batch-interval", type=float, default=0.5, help=argparse.SUPPRESS)
-    from podshark.hub_cmd import add_aggregate_arguments, add_tls_arguments
+    from podshark.hub_cmd import add_aggregate_arguments, add_alert_arguments, add_tls_arguments
 
     add_aggregate_arguments(h)
+    add_alert_arguments(h)
     add_tls_arguments(h)
 
     i = sub.add_parser(

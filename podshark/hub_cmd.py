@@ -9,6 +9,10 @@ The per-minute traffic aggregates (`hub/aggregates.py`) keep their own retention
 `--aggregate-retain` (default 30d); `--cluster-cidr` (repeatable) names the cluster's pod, service
 and node ranges, so addresses outside them show as external on the service map (workers add their
 nodes' ranges themselves).
+
+`--alerts FILE` loads alert rules (`hub/alert_rules.py`: measures, thresholds or baselines, a
+webhook); a file that does not validate stops the hub before it listens, exit 2, with one line naming
+the rule, the key and what is wrong.
 """
 
 from __future__ import annotations
@@ -41,6 +45,23 @@ def add_aggregate_arguments(p: argparse.ArgumentParser) -> None:
         help="an address range inside the cluster (pod, service or node network; repeatable); "
         "traffic to addresses outside every range shows as external. Without any (and without "
         "workers reporting theirs) the private ranges count as the cluster",
+    )
+
+
+def add_alert_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "alerts",
+        "Rules evaluated in the hub over the calls and the aggregates (a filter, a measure such as "
+        "calls_per_s, error_rate, p99_latency_ms or bytes_per_s, a fixed threshold or N times the "
+        "rolling baseline, a for-duration); firing and resolved events are in GET /api/v1/alerts, the "
+        "TUI and /metrics, and POSTed to the file's webhook with retries.",
+    )
+    g.add_argument(
+        "--alerts",
+        default=None,
+        metavar="FILE",
+        help="YAML alert rules (the format: README, 'Alerts'); alert history and the state of firing "
+        "rules are kept in alerts.duckdb in --db",
     )
 
 
@@ -111,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
 
     from dissect.filter import parse_duration
     from hub.aggregates import AggregatesError
+    from hub.alert_rules import RulesError, load_rules
+    from hub.alerts import AlertsError
     from hub.app import make_app
     from hub.auth import AuthError, check_startup, is_loopback, token_from
     from hub.store import Store
@@ -145,6 +168,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"podshark: error: {agg}", file=sys.stderr)
         return EXIT_USAGE
     aggregate_retain_ns, cluster_cidrs = agg
+    rules = None
+    if getattr(args, "alerts", None):
+        try:
+            rules = load_rules(args.alerts)
+        except RulesError as e:
+            print(f"podshark: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     ssl_context = None
     if args.tls_cert:
@@ -164,10 +194,19 @@ def run(args: argparse.Namespace) -> int:
                 client_certs=scope,
                 aggregate_retain_ns=aggregate_retain_ns,
                 cluster_cidrs=cluster_cidrs,
+                alerts=rules,
             )
-        except AggregatesError as e:
+        except (AggregatesError, AlertsError) as e:
             print(f"podshark: error: {e}", file=sys.stderr)
             return 1
+        if rules is not None:
+            print(
+                f"podshark hub: {len(rules.rules)} alert rules from {args.alerts}, evaluated every "
+                f"{rules.evaluate_every_ns / 1e9:g} s"
+                + (f", webhook {rules.webhook.url}" if rules.webhook else ", no webhook"),
+                file=sys.stderr,
+                flush=True,
+            )
         scheme = "https" if ssl_context else "http"
         where = f"[{host}]" if ":" in host else host
         print(
