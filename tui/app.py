@@ -9,7 +9,9 @@ Structure (harlequin/posting style: app, messages, widgets and screens in their 
     tui/screens/main.py     MainScreen: filter bar + calls table + replay banner + status line;
                             runs the live, paging and replay workers
     tui/widgets/            calls_table.py (windowed Line API table that follows like tail -f),
-                            filter_bar.py (inline syntax errors, history), status_line.py
+                            filter_bar.py (inline syntax errors, history), status_line.py,
+                            alert_badge.py (firing/pending rules at the status line's end),
+                            view_table.py (the map's and alerts' row tables)
     tui/messages.py         what widgets tell the screen (NeedOlder, OpenCall, FilterSubmitted, ...)
     tui/format.py           pure row formatting (times, latency, sizes, endpoint labels, layout)
     tui/quick_filters.py    w / t / x: filters built from the selected row
@@ -18,6 +20,8 @@ Structure (harlequin/posting style: app, messages, widgets and screens in their 
     tui/screens/replay.py   ReplayDialog (r)                } lazily by the actions that push
     tui/screens/export.py   ExportScreen (e)                } them, so the main screen works
     tui/screens/stats.py    StatsScreen (s)                 } without any of them
+    tui/screens/map.py      MapScreen (m): the service map  }
+    tui/screens/alerts.py   AlertsScreen (!)                }
     tui/screens/help.py     HelpScreen (?)                  }
     tui/commands.py         command palette provider (ctrl+p), registered if present
 

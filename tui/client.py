@@ -1,5 +1,5 @@
 """The TUI's only way to the hub: its HTTP and WebSocket API (hub/api.py, live.py, replay.py,
-export.py, stats.py), with the bearer token.
+export.py, stats.py, mapping.py, alerts.py), with the bearer token.
 
 Every failure becomes one of three exceptions the UI can show in a sentence and act on:
 `Unauthorized` (wrong or missing token: say so, keep retrying slowly), `Unreachable` (hub down,
@@ -8,7 +8,9 @@ port-forward gone: say so, reconnect with backoff), `Rejected` (the hub refused 
 
 The streams (`live`, `replay`) are async iterators of `Event`s; `live` reconnects by itself after
 a drop, announcing it with `Status` events, so the caller just keeps iterating. Summaries are
-decoded into `dissect.model.Call` (the one record every front end shares).
+decoded into `dissect.model.Call` (the one record every front end shares); the service map and the
+alerts into the typed answers below (`ServiceMap`, `Alerts`), so a hub of another version that
+answers in another shape is one clear `HubError`, not a KeyError deep in a screen.
 
 TLS: an https:// hub is reached with the `ssl.SSLContext` the command built from its options (the
 TUI imports nothing of ours but `dissect`, so the context and the `explain` function that turns a
@@ -24,7 +26,7 @@ import ssl as _ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import msgspec
@@ -35,6 +37,7 @@ from dissect.pcapng_write import estimated_size
 RECONNECT_MIN = 0.5
 RECONNECT_MAX = 10.0
 CHUNK = 1 << 16
+_T = TypeVar("_T")
 
 
 class HubError(Exception):
@@ -56,6 +59,10 @@ class Rejected(HubError):
         super().__init__(message)
         self.position = position
         self.expected = expected
+
+
+class NotFound(Rejected):
+    """A 404: no such call, or an endpoint this hub does not have (an older hub)."""
 
 
 # ---- stream events
@@ -123,11 +130,132 @@ class _CallsMessage(msgspec.Struct):
     calls: list[Call] = []
 
 
+# ---- the service map and the alerts (GET /api/v1/map, GET /api/v1/alerts)
+
+
+class MapNode(msgspec.Struct, frozen=True):
+    """A node of the service map (`hub/nodes.py`'s MapNode): `id` is `kind`-specific
+    (`shop/Deployment/web`, `shop/pod/debug`, `ip/10.1.0.21`, `external/93.184.216.34`, `other`)."""
+
+    id: str
+    kind: str = ""
+    namespace: str | None = None
+    name: str = ""
+    external: bool = False
+
+
+class MapEdge(msgspec.Struct, frozen=True):
+    """One (client node, server node, protocol, transport) over the map's window. `filter` is the
+    filter-language expression selecting exactly its calls, or None when none can (see
+    `ServiceMap.unfilterable_reason`)."""
+
+    src: str
+    dst: str
+    protocol: str | None = None
+    transport: str = ""
+    calls: int = 0
+    calls_per_s: float = 0.0
+    errors: int = 0
+    error_rate: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    bytes: list[int] = []  # [client->server, server->client]
+    bytes_per_s: float = 0.0
+    connections: int = 0
+    status: dict[str, int] = {}
+    filter: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        """What identifies the edge from one refresh to the next."""
+        return (self.src, self.dst, self.protocol or "", self.transport)
+
+
+class ServiceMap(msgspec.Struct, frozen=True):
+    """The answer of `GET /api/v1/map`: edges busiest first, at most the `limit` asked for."""
+
+    from_ns: int = msgspec.field(name="from")
+    to_ns: int = msgspec.field(name="to")
+    seconds: float = 0.0
+    source: str = ""
+    edges_omitted: int = 0
+    nodes: list[MapNode] = []
+    edges: list[MapEdge] = []
+
+    def node(self, node_id: str) -> MapNode:
+        """The node named `node_id` (a bare one when the hub did not list it)."""
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        return MapNode(node_id, external=node_id.startswith("external/"))
+
+    def unfilterable_reason(self, edge: MapEdge) -> str:
+        """Why `edge` has no filter, in a sentence for the user."""
+        if "other" in (self.node(edge.src).kind, self.node(edge.dst).kind) or "other" in (edge.src, edge.dst):
+            return (
+                "it is the aggregates' overflow edge 'other', which folds the traffic of many nodes past "
+                "the hub's bounds: narrow the view with a filter (/) to see its calls"
+            )
+        return "a name in it cannot be written in the filter language: filter on the address instead (/)"
+
+
+class AlertRule(msgspec.Struct, frozen=True):
+    """One rule of the hub's rules file and its state now (`hub/alerts.py`)."""
+
+    name: str
+    description: str | None = None
+    measure: str = ""
+    filter: str | None = None  # call measures: the calls it counts ("" or None: every call)
+    edges: dict[str, str] | None = None  # flow measures: {"src": glob, "dst": glob} on map node ids
+    condition: str = ""  # "above 50", "3x baseline (min 5)"
+    state: str = "ok"  # ok | pending | firing
+    value: float | None = None
+    threshold: float | None = None
+    since: int | None = None  # ns: when the rule entered its state
+
+
+class AlertEvent(msgspec.Struct, frozen=True):
+    """A rule started firing or resolved."""
+
+    rule: str
+    state: str  # firing | resolved
+    ts: int
+    value: float | None = None
+    threshold: float | None = None
+
+
+class _AlertsBody(msgspec.Struct):
+    rules: list[AlertRule] = []
+    events: list[AlertEvent] = []
+
+
+@dataclass(frozen=True)
+class Alerts:
+    """The answer of `GET /api/v1/alerts`; `supported=False` for a hub that has no such endpoint
+    (older than alerts: the same as no rules configured)."""
+
+    rules: list[AlertRule]
+    events: list[AlertEvent]  # newest first
+    supported: bool = True
+
+    @property
+    def firing(self) -> int:
+        return sum(r.state == "firing" for r in self.rules)
+
+    @property
+    def pending(self) -> int:
+        return sum(r.state == "pending" for r in self.rules)
+
+
+MAP_LIMIT = 1000  # edges asked for; the rest are counted in `edges_omitted`
+
 _PAGE = msgspec.json.Decoder(_Page)
 _CALL = msgspec.json.Decoder(Call)
 _TYPE = msgspec.json.Decoder(_Type)
 _CALLS_MESSAGE = msgspec.json.Decoder(_CallsMessage)
 _MESSAGE = msgspec.json.Decoder(dict[str, Any])
+_MAP = msgspec.json.Decoder(ServiceMap)
+_ALERTS = msgspec.json.Decoder(_AlertsBody)
 
 
 def _query(**params: object) -> dict[str, str]:
@@ -245,6 +373,31 @@ class HubClient:
         )
         out: dict[str, Any] = json.loads(body)
         return out
+
+    async def map(
+        self,
+        filter: str = "",
+        *,
+        from_ns: int | None = None,
+        to_ns: int | None = None,
+        limit: int = MAP_LIMIT,
+    ) -> ServiceMap:
+        """The service map of the window (the hub's default: the last 15 minutes) for `filter`:
+        from the aggregates without a filter, from the matching calls with one."""
+        body = await self._get(
+            "/api/v1/map", _query(filter=filter, limit=limit, **{"from": from_ns, "to": to_ns})
+        )
+        return _decode(_MAP, body, "map")
+
+    async def alerts(self) -> Alerts:
+        """The alert rules' states and the recent events. A hub without the endpoint (404: older
+        than alerts) has none configured: an empty answer with `supported=False`, not an error."""
+        try:
+            body = await self._get("/api/v1/alerts", {})
+        except NotFound:
+            return Alerts([], [], supported=False)
+        got = _decode(_ALERTS, body, "alerts")
+        return Alerts(got.rules, sorted(got.events, key=lambda e: e.ts, reverse=True))
 
     async def export(
         self,
@@ -397,6 +550,17 @@ def _event(data: str) -> Event | None:
     return None
 
 
+def _decode(decoder: msgspec.json.Decoder[_T], body: bytes, what: str) -> _T:
+    """`body` decoded, or a HubError saying the answer is not one this UI understands."""
+    try:
+        return decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise HubError(
+            f"the hub's {what} answer is not one this UI understands ({e}): "
+            "are the hub and podshark ui the same version?"
+        ) from None
+
+
 def _error(status: int, body: bytes) -> HubError:
     try:
         err = json.loads(body)
@@ -407,6 +571,8 @@ def _error(status: int, body: bytes) -> HubError:
     message = str(err.get("error") or body[:200].decode(errors="replace") or f"HTTP {status}")
     if status == 401:
         return Unauthorized("the hub refused the token (401): check PODSHARK_TOKEN or --token-file")
-    if status in (400, 404):
+    if status == 404:
+        return NotFound(message, err.get("position"), err.get("expected"))
+    if status == 400:
         return Rejected(message, err.get("position"), err.get("expected"))
     return HubError(f"the hub answered {status}: {message}")

@@ -1,10 +1,11 @@
 """The command palette (ctrl+p): the app's verbs and presets under names a user can search for.
 
-Each command names an action (`filter`, `replay`, `export`, `stats`, `help`, `live`) that the app
-or one of its screens defines as `action_<name>`, so the palette does what the key would do and has
-no code path of its own. The action runs on the nearest node that defines it: the screen the
-palette was opened on, else the closest screen beneath it (the screens above it are closed first,
-so "Filter: dns only" from the stats screen goes back to the table it filters), else the app.
+Each command names an action (`filter`, `replay`, `export`, `stats`, `map`, `alerts`, `help`,
+`live`) that the app or one of its screens defines as `action_<name>`, so the palette does what the
+key would do and has no code path of its own. The action runs on the nearest node that defines
+it: the screen the palette was opened on, else the closest screen beneath it (the screens above it
+are closed first, so "Filter: dns only" from the stats screen goes back to the table it filters),
+else the app.
 
 Presets carry an argument: `filter(text)` applies `text` ('' clears the filter), `replay(since)`
 replays from `since` (relative, like '-15m') to now at 1x. An action that takes the argument gets
@@ -52,6 +53,8 @@ PALETTE: tuple[PaletteCommand, ...] = (
     PaletteCommand("Replay a window…", "choose the window and speed (r)", "replay"),
     PaletteCommand("Export to pcapng…", "the current filter and window (e)", "export"),
     PaletteCommand("Stats", "rates, errors, latency percentiles, top workloads (s)", "stats"),
+    PaletteCommand("Service map", "who talks to whom: calls/s, errors, p50/p99, bytes/s per edge (m)", "map"),
+    PaletteCommand("Alerts", "alert rules firing, pending and ok, and recent events (!)", "alerts"),
     PaletteCommand("Help", "every key and the filter language (?)", "help"),
     PaletteCommand("Back to live", "leave a replay and follow new calls (l)", "live"),
 )

@@ -463,7 +463,8 @@ def test_palette_offers_every_protocol_and_preset() -> None:
     for p in ("http", "http2", "grpc", "dns", "kafka", "tls"):
         assert f"Filter: {p} only" in names
     assert {"Help", "Stats", "Back to live", "Export to pcapng…", "Filter: errors only"} <= set(names)
-    assert {c.action for c in PALETTE} == {"filter", "replay", "export", "stats", "help", "live"}
+    actions = {"filter", "replay", "export", "stats", "map", "alerts", "help", "live"}
+    assert {c.action for c in PALETTE} == actions
     assert PALETTE[0].action_string == f"filter({ERRORS!r})"
 
 

@@ -1,4 +1,5 @@
-"""The help screen (`?`): every key of the screen it was opened from, and the filter language.
+"""The help screen (`?`): what the screen it was opened from shows (its `HELP` text, when it has
+one: the service map, the alerts view), every key of that screen, and the filter language.
 
 The keys are read from the running app, not written down here, so the help can never fall behind a
 new binding: the screen beneath's `active_bindings` (the focused widget's, that screen's and the
@@ -118,6 +119,11 @@ class HelpScreen(ModalScreen[None]):
         with Vertical(id="help-dialog", classes="dialog"):
             yield Static("Help — Esc, q or ? to close · j/k, PgUp/PgDn scroll", classes="dialog-title")
             with VerticalScroll(id="help-body"):
+                about = getattr(beneath, "HELP", None) if beneath is not None else None
+                if about:
+                    title = _group_title(beneath) if beneath is not None else "This view"
+                    yield Static(Text(title, style="bold"), classes="help-heading")
+                    yield Static(Text(str(about)), id="help-about")
                 yield Static(Text("Keys", style="bold"), classes="help-heading")
                 yield Static(keys_table(self.keys), id="help-keys")
                 yield Static(Text("Filter language (/)", style="bold"), classes="help-heading")

@@ -11,9 +11,13 @@ reply that arrives after the filter or mode changed is dropped instead of mixing
   they succeed or the view changes, so an unreachable hub at start fills the table once it is up.
 - replay (`_replay`): `HubClient.replay(...)` of the window chosen in T3's `ReplayDialog`, played
   into the same table under a banner; `l` goes back to live.
+- alerts (`_poll_alerts`): `HubClient.alerts()` every few seconds; the firing and pending counts go
+  to the alert badge at the end of the status line, and a rule that starts firing or resolves
+  since the last poll is a notification. A hub without alerts shows nothing.
 
 Other screens are pushed from actions and imported there (lazily), so this module does not depend
-on them being present: details (Enter), replay (`r`), export (`e`), stats (`s`).
+on them being present: details (Enter), replay (`r`), export (`e`), stats (`s`), the service map
+(`m`, whose Enter on an edge comes back here as a filter) and alerts (`!`).
 """
 
 from __future__ import annotations
@@ -27,12 +31,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
+from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from dissect.model import Call
 from tui import quick_filters
 from tui.client import (
+    Alerts,
     Calls,
     End,
     Event,
@@ -45,7 +51,7 @@ from tui.client import (
     Unauthorized,
     Unreachable,
 )
-from tui.format import format_time, start_ns
+from tui.format import clean, format_time, start_ns
 from tui.messages import (
     FilterCancelled,
     FilterSubmitted,
@@ -55,6 +61,7 @@ from tui.messages import (
     ReloadNewest,
     TableChanged,
 )
+from tui.widgets.alert_badge import AlertBadge
 from tui.widgets.calls_table import CallsTable
 from tui.widgets.filter_bar import FilterBar
 from tui.widgets.status_line import UNAUTHORIZED_HELP, StatusLine
@@ -66,6 +73,8 @@ RETRY_MIN = 0.5
 RETRY_MAX = 5.0
 RETRY_UNAUTHORIZED = 10.0
 SKIP_PAGES = 20  # pages of rows already shown to skip before handing the table an empty page
+ALERTS_POLL_S = 5.0  # how often the alert badge asks the hub
+ALERTS_NOTIFY_MAX = 3  # alert notifications per poll; more are summed up in one
 
 EMPTY_LIVE = "waiting for new calls (live) — press j/↓ or G for the stored history, / to filter"
 EMPTY_HISTORY = "no calls match — / edits the filter"
@@ -94,6 +103,10 @@ class MainScreen(Screen[None]):
         Binding("w", "quick_server", "Same server"),
         Binding("t", "quick_target", "Same target"),
         Binding("x", "quick_errors", "Errors only"),
+        # (not in the footer, which is full at 160 columns: the help, the palette and the alert
+        # badge name them)
+        Binding("m", "map", "Service map", show=False),
+        Binding("exclamation_mark", "alerts", "Alerts", key_display="!", show=False),
     ]
 
     def __init__(self) -> None:
@@ -105,6 +118,9 @@ class MainScreen(Screen[None]):
         self._live_answered = False
         self._first_page_done = False
         self._notified_state = ""
+        self._alert_events: set[tuple[str, str, int]] | None = None  # events seen (None: no poll yet)
+        self._alert_latest = 0  # the newest event's time seen
+        self.alert_polls = 0  # answers from the alerts endpoint, for tests
 
     @property
     def podshark(self) -> PodsharkApp:
@@ -127,7 +143,9 @@ class MainScreen(Screen[None]):
         yield FilterBar(app.history, id="filter-bar")
         yield Static("", id="replay-banner")
         yield CallsTable(max_rows=app.max_rows, page_size=app.page_size, id="calls")
-        yield StatusLine(id="status")
+        with Horizontal(id="status-row"):
+            yield StatusLine(id="status")
+            yield AlertBadge(id="alert-badge")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -137,6 +155,8 @@ class MainScreen(Screen[None]):
             self.notify(self.podshark.history.problem, severity="warning")
         self.table.focus()
         self.go_live()
+        self.poll_alerts()
+        self.set_interval(ALERTS_POLL_S, self.poll_alerts)
 
     # ---- readiness (for tests and the first paint)
 
@@ -343,6 +363,42 @@ class MainScreen(Screen[None]):
                 self._banner(request, f"   · failed: {e}")
                 self.notify(str(e), title="replay", severity="error")
 
+    def poll_alerts(self) -> None:
+        """Ask the hub for the alerts now (unless an answer is still coming)."""
+        if not any(w.group == "alerts-badge" and not w.is_finished for w in self.workers):
+            self._poll_alerts()
+
+    @work(group="alerts-badge", exclusive=True)
+    async def _poll_alerts(self) -> None:
+        try:
+            alerts = await self.podshark.client.alerts()
+        except HubError:
+            return  # the status line already says why the hub cannot be asked; keep the last badge
+        self.alert_polls += 1
+        self.query_one(AlertBadge).show(alerts.firing, alerts.pending)
+        self._announce(alerts)
+
+    def _announce(self, alerts: Alerts) -> None:
+        """Notify the events that are new since the last poll (none on the first: those are old)."""
+        keys = {(e.rule, e.state, e.ts) for e in alerts.events}
+        seen, latest = self._alert_events, self._alert_latest
+        self._alert_events = keys
+        self._alert_latest = max([latest, *(e.ts for e in alerts.events)])
+        if seen is None:
+            return
+        new = [e for e in alerts.events if (e.rule, e.state, e.ts) not in seen and e.ts >= latest]
+        for e in new[:ALERTS_NOTIFY_MAX]:
+            firing = e.state == "firing"
+            self.notify(
+                f"{clean(e.rule)} {'is firing' if firing else 'resolved'} — ! shows the alerts",
+                title="alert",
+                severity="error" if firing else "information",
+                markup=False,
+            )
+        if len(new) > ALERTS_NOTIFY_MAX:
+            more = len(new) - ALERTS_NOTIFY_MAX
+            self.notify(f"and {more:,} more alert events — ! shows them", title="alert")
+
     # ---- messages from the widgets
 
     @on(NeedOlder)
@@ -463,3 +519,28 @@ class MainScreen(Screen[None]):
             return
         app = self.podshark
         self.app.push_screen(StatsScreen(app.client, app.filter_text, now_ns=app.now_ns))
+
+    def action_map(self) -> None:
+        try:
+            from tui.screens.map import MapScreen, windows_for
+        except ImportError:
+            self.notify("the service map is not available in this build", severity="warning")
+            return
+        app = self.podshark
+        request = self.replay_request if self.mode == "replay" else None
+        replay = None if request is None else (request.from_ns, request.to_ns)
+        windows = windows_for(whole_history=app.whole_history, replay=replay)
+
+        def chosen(text: str | None) -> None:
+            if text is not None:
+                self.apply_filter(text)
+
+        self.app.push_screen(MapScreen(app.client, app.filter_text, windows, now_ns=app.now_ns), chosen)
+
+    def action_alerts(self) -> None:
+        try:
+            from tui.screens.alerts import AlertsScreen
+        except ImportError:
+            self.notify("the alerts view is not available in this build", severity="warning")
+            return
+        self.app.push_screen(AlertsScreen(self.podshark.client, now_ns=self.podshark.now_ns))
