@@ -233,9 +233,10 @@ class Writer:
         calls = [c for p in batch for c in p.calls]
         loop = asyncio.get_running_loop()
         try:
+            stored: list[Call] = []
             if calls:
-                new = await loop.run_in_executor(None, _add_and_thaw, self.store, calls, time.time_ns())
-                self.stats.calls_stored += new
+                stored = await loop.run_in_executor(None, _add_and_thaw, self.store, calls, time.time_ns())
+                self.stats.calls_stored += len(stored)
             frames = [r for p in batch if p.packets for r in p.packets]
             if frames:
                 new = await loop.run_in_executor(None, self.store.add_packets, frames, time.time_ns())
@@ -252,9 +253,9 @@ class Writer:
             for p in batch:
                 p.conn.send({"type": "error", "seq": p.seq, "error": f"not stored: {e}"})
             return
-        for listener in self.listeners:
+        for listener in self.listeners:  # the calls stored now: not those of a resent batch again
             try:
-                listener(calls)
+                listener(stored)
             except Exception:
                 log.exception("listener %r failed", listener)
         for p in batch:
@@ -483,8 +484,8 @@ FULL_COLLECTION_EVERY = 60.0
 _last_full_collection = time.monotonic()
 
 
-def _add_and_thaw(store: Store, calls: list[Call], now_ns: int) -> int:
-    """`Store.add`, then give the decoded calls back to the garbage collector.
+def _add_and_thaw(store: Store, calls: list[Call], now_ns: int) -> list[Call]:
+    """`Store.add_new`, then give the decoded calls back to the garbage collector.
 
     `_on_calls` freezes what it decodes (`gc.freeze`): thousands of calls wait up to a second or
     two for their commit, and every young-generation collection meanwhile walked them again (a
@@ -494,7 +495,7 @@ def _add_and_thaw(store: Store, calls: list[Call], now_ns: int) -> int:
     any cycles among it, so garbage cycles wait at most that long."""
     global _last_full_collection
     try:
-        return store.add(calls, now_ns)
+        return store.add_new(calls, now_ns)
     finally:
         gc.unfreeze()
         now = time.monotonic()

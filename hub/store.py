@@ -333,6 +333,11 @@ class Store:
 
     def add(self, calls: list[Call], now_ns: int) -> int:
         """Store a batch (one transaction, committed before returning); returns how many were new."""
+        return len(self.add_new(calls, now_ns))
+
+    def add_new(self, calls: list[Call], now_ns: int) -> list[Call]:
+        """`add`, returning the calls that were new: a batch resent after a lost ack must not be
+        counted again by what listens to commits (live fan-out, /metrics, the aggregates)."""
         with self._write_lock:
             self._check_open()
             for c in calls:
@@ -344,30 +349,37 @@ class Store:
                     unique.setdefault(c.id, c)
                 batch = list(unique.values())
             if not batch:
-                return 0
+                return []
             start = now_ns - now_ns % self.partition_ns
             if start not in self._parts:
                 with self._gate.exclusive():
                     self._attach(start)
             table = schema.arrow_table(batch)
             with self._gate.shared():
-                return self._insert(self._parts[start], table)
+                new = self._insert(self._parts[start], table)
+            if new is None:
+                return batch
+            return [c for c in batch if c.id in new]
 
-    def _insert(self, target: Partition, table: pa.Table) -> int:
-        """One INSERT of `table` into `target`, leaving out the ids already stored."""
+    def _insert(self, target: Partition, table: pa.Table) -> set[str] | None:
+        """One INSERT of `table` into `target`, leaving out the ids already stored. Returns the ids
+        inserted, or None when every row was (nothing stored could overlap the batch: the common
+        case, which then costs no RETURNING)."""
         name = f"batch_{next(self._batches)}"
         existing, args = self._same_time(table.column("ts"))
         sql = f"INSERT INTO {target.alias}.calls SELECT * FROM {name}"
         if existing:
-            sql += f" AS b WHERE NOT EXISTS (SELECT 1 FROM ({existing}) AS s WHERE s.id = b.id)"
+            sql += f" AS b WHERE NOT EXISTS (SELECT 1 FROM ({existing}) AS s WHERE s.id = b.id) RETURNING id"
         # widened before the insert: a partition's span may be wider than its rows, never narrower
         self._widen(target, table.column("ts"))
         self._writer.register(name, table)
         try:
-            ((inserted,),) = self._writer.execute(sql, args).fetchall()
+            rows = self._writer.execute(sql, args).fetchall()
         finally:
             self._writer.unregister(name)
-        return int(inserted)
+        if not existing:
+            return None
+        return {r[0] for r in rows}
 
     def _same_time(self, ts: pa.ChunkedArray) -> tuple[str, list[object]]:
         """The ids already stored that could be those of a batch whose start times are `ts`: a

@@ -235,6 +235,10 @@ def test_metrics_count_what_the_calls_and_flows_carried(hub: Hub) -> None:
     s = scrape_until(hub, lambda s: total(s, "podshark_edge_calls_total") >= len(calls))
     assert total(s, "podshark_edge_calls_total") == len(calls)
     assert total(s, "podshark_aggregates_calls_total") == len(calls)
+    import_capture(hub, FEW_NODES[0])  # again (it returns once acknowledged): stored once, counted once
+    again = parse(scrape(hub)[1])
+    assert total(again, "podshark_edge_calls_total") == len(calls)
+    assert total(again, "podshark_aggregates_calls_total") == len(calls)
     want_calls = expected_from_calls(calls, ClusterRanges())
     for (src, dst, protocol, transport), w in want_calls.items():
         for cls in STATUS_CLASSES:

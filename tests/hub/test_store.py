@@ -127,6 +127,15 @@ def test_add_stores_a_batch_and_dedups_by_id(store: Store) -> None:
     assert store.add([], NOW) == 0
 
 
+def test_add_new_returns_exactly_the_calls_stored_now(store: Store) -> None:
+    """What commit listeners see (live, /metrics, the aggregates): a resent batch is not new."""
+    first = store.add_new([make_call(i) for i in range(100)], NOW)
+    assert [c.id for c in first] == [make_call(i).id for i in range(100)]
+    assert store.add_new([make_call(i) for i in range(100)], NOW + SECOND) == []
+    again = store.add_new([make_call(i) for i in range(90, 120)] + [make_call(115)], NOW + 2 * SECOND)
+    assert sorted(c.id for c in again) == [make_call(i).id for i in range(100, 120)]
+
+
 def test_dedup_of_calls_without_timestamps(store: Store) -> None:
     half = make_call(1)
     half.request, half.request_ts = None, None
