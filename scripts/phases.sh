@@ -49,6 +49,7 @@ system_packages() {
             bind9-dnsutils) command -v dig >/dev/null || missing+=("$p") ;;
             util-linux) command -v setpriv >/dev/null || missing+=("$p") ;;
             libbpf1) ldconfig -p 2>/dev/null | grep -q 'libbpf\.so\.1 ' || missing+=("$p") ;;
+            graphviz) command -v dot >/dev/null || missing+=("$p") ;;
             *) command -v "$p" >/dev/null || missing+=("$p") ;;
         esac
     done
