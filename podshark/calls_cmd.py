@@ -9,30 +9,20 @@ certificate: `podshark/tlsconf.py`); a TLS failure is one line naming the option
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import ssl
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 
 import msgspec
 
-EXIT_FAIL = 1
-EXIT_USAGE = 2
+from podshark.hub_get import EXIT_USAGE, HubError, hub_get
+
 PAGE = 1000
 
 
 class _Page(msgspec.Struct):
     calls: list[msgspec.Raw]
     next_cursor: str | None = None
-
-
-class HubError(Exception):
-    def __init__(self, message: str, code: int = EXIT_FAIL) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def fetch_page(
@@ -43,29 +33,7 @@ def fetch_page(
     has_cert: bool = False,
 ) -> tuple[list[bytes], str | None]:
     """One page: the raw JSON of each call, and the next cursor. `context`: TLS for an https:// hub."""
-    from podshark.tlsconf import explain, forbidden
-
-    url = hub.rstrip("/") + "/api/v1/calls?" + urllib.parse.urlencode(params)
-    req = urllib.request.Request(url)
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=120, context=context) as resp:
-            body = resp.read()
-    except urllib.error.HTTPError as e:
-        detail = e.read()
-        try:
-            err = json.loads(detail)
-        except ValueError:
-            err = {"error": detail.decode(errors="replace")[:200]}
-        if not isinstance(err, dict):
-            err = {}
-        msg = forbidden() if e.code == 403 else str(err.get("error", e.reason))
-        raise HubError(msg, EXIT_USAGE if e.code == 400 else EXIT_FAIL) from None
-    except (urllib.error.URLError, OSError) as e:
-        hint = explain(e, hub, has_cert=has_cert)
-        raise HubError(hint or f"cannot reach the hub at {hub}: {getattr(e, 'reason', e)}") from None
-
+    body = hub_get(hub, "/api/v1/calls", params, token, context, has_cert=has_cert)
     page = msgspec.json.decode(body, type=_Page)
     return [bytes(c) for c in page.calls], page.next_cursor
 

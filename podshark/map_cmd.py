@@ -19,20 +19,16 @@ options or a parameter the hub refused (the message says which, and where in the
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import ssl
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 from typing import TextIO
 
 import msgspec
 
-EXIT_FAIL = 1
-EXIT_USAGE = 2
+from podshark.hub_get import EXIT_USAGE, HubError, hub_get
+
 NAME_WIDTH = 48  # node names longer than this are shortened in the table on a terminal
 
 
@@ -71,12 +67,6 @@ class MapJson(msgspec.Struct):
     to: int = 0
 
 
-class MapError(Exception):
-    def __init__(self, message: str, code: int = EXIT_FAIL) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 def fetch_map(
     hub: str,
     token: str | None,
@@ -84,39 +74,15 @@ def fetch_map(
     context: ssl.SSLContext | None = None,
     has_cert: bool = False,
 ) -> bytes:
-    """The raw JSON of `GET /api/v1/map`; MapError with the hub's reason (code 2 for a 400)."""
-    from podshark.tlsconf import explain, forbidden
-
-    url = hub.rstrip("/") + "/api/v1/map?" + urllib.parse.urlencode(params)
-    req = urllib.request.Request(url)
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=300, context=context) as resp:
-            return bytes(resp.read())
-    except urllib.error.HTTPError as e:
-        detail = e.read()
-        try:
-            err = json.loads(detail)
-        except ValueError:
-            err = {"error": detail.decode(errors="replace")[:200]}
-        if not isinstance(err, dict):
-            err = {}
-        if e.code == 404:
-            msg = f"{hub} has no /api/v1/map: the hub is older than this podshark (upgrade the hub)"
-        else:
-            msg = forbidden() if e.code == 403 else str(err.get("error", e.reason))
-        raise MapError(msg, EXIT_USAGE if e.code == 400 else EXIT_FAIL) from None
-    except (urllib.error.URLError, OSError) as e:
-        hint = explain(e, hub, has_cert=has_cert)
-        raise MapError(hint or f"cannot reach the hub at {hub}: {getattr(e, 'reason', e)}") from None
+    """The raw JSON of `GET /api/v1/map`; HubError with the hub's reason (code 2 for a 400)."""
+    return hub_get(hub, "/api/v1/map", params, token, context, has_cert=has_cert, timeout=300)
 
 
 def decode(body: bytes) -> MapJson:
     try:
         return msgspec.json.decode(body, type=MapJson)
     except msgspec.DecodeError as e:
-        raise MapError(f"the hub's answer is not a service map: {e}") from None
+        raise HubError(f"the hub's answer is not a service map: {e}") from None
 
 
 # ---- human units
@@ -327,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             write_table(decode(body), out, NAME_WIDTH if out.isatty() else None)
         out.flush()
-    except MapError as e:
+    except HubError as e:
         print(f"podshark: error: {e}", file=sys.stderr)
         return e.code
     except BrokenPipeError:
