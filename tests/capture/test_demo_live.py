@@ -28,11 +28,9 @@ if importlib.util.find_spec("xdist") is not None:
 SERVER_NAMES = {"dnsmasq": "dns"}  # process name -> service name
 
 
-def test_demo_captures_exactly_its_topology(tmp_path: Path) -> None:
-    reason = requirements_missing()
-    if reason:
-        pytest.skip(reason)
-    r = subprocess.run(
+def run_demo(tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`podshark demo --no-ui` for 12 s at 10 calls/s, its store in ``tmp_path/db``."""
+    return subprocess.run(
         [
             str(REPO / ".venv" / "bin" / "podshark"),
             "demo",
@@ -51,6 +49,13 @@ def test_demo_captures_exactly_its_topology(tmp_path: Path) -> None:
         timeout=180,
         stdin=subprocess.DEVNULL,
     )
+
+
+def test_demo_captures_exactly_its_topology(tmp_path: Path) -> None:
+    reason = requirements_missing()
+    if reason:
+        pytest.skip(reason)
+    r = run_demo(tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "0 dropped by the kernel, 0 calls dropped by the uplink" in r.stderr, r.stderr[-2000:]
     store = Store(tmp_path / "db")

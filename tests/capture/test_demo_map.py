@@ -28,6 +28,7 @@ import pytest
 
 from podshark.demo import requirements_missing
 from podshark.demo.topology import BENCH_NET, EDGES, SERVICES
+from tests.capture.test_demo_live import run_demo
 from tests.hub.test_map import parse_dot
 from tests.hub.test_service import REPO, TOKEN, _env, get, start_hub
 
@@ -62,25 +63,7 @@ def test_demo_map_has_exactly_the_topology(tmp_path: Path) -> None:
     if reason:
         pytest.skip(reason)
     start = time.time_ns()
-    r = subprocess.run(
-        [
-            str(REPO / ".venv" / "bin" / "podshark"),
-            "demo",
-            "--no-ui",
-            "--duration",
-            "12",
-            "--rate",
-            "10",
-            "--db",
-            str(tmp_path / "db"),
-            "--state-dir",
-            str(tmp_path / "state"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        stdin=subprocess.DEVNULL,
-    )
+    r = run_demo(tmp_path)
     end = time.time_ns()
     assert r.returncode == 0, r.stderr[-3000:]
     h = start_hub(tmp_path / "db", tmp_path / "hub.log")
