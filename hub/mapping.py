@@ -44,6 +44,7 @@ the window holds. At most `limit` edges (busiest first) are returned; how many w
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -393,23 +394,54 @@ def from_edge_rows(
 ) -> ServiceMap:
     """The map of the aggregates' edge rows of the window (the busiest `limit` of them)."""
     edges = _busiest_first(
-        MapEdge(
-            src=r.src,
-            dst=r.dst,
-            protocol=r.protocol or None,
-            transport=r.transport,
-            calls=r.calls,
-            errors=r.errors,
-            status={k: v for k, v in r.status.items() if v},
-            p50_ns=r.latency_p50_ns,
-            p99_ns=r.latency_p99_ns,
-            bytes=(int(r.bytes[0]), int(r.bytes[1])),
-            connections=r.opened,
-            seconds=r.seconds if r.seconds > 0 else (to_ns - from_ns) / 1e9,
+        _grpc_traffic_joined(
+            MapEdge(
+                src=r.src,
+                dst=r.dst,
+                protocol=r.protocol or None,
+                transport=r.transport,
+                calls=r.calls,
+                errors=r.errors,
+                status={k: v for k, v in r.status.items() if v},
+                p50_ns=r.latency_p50_ns,
+                p99_ns=r.latency_p99_ns,
+                bytes=(int(r.bytes[0]), int(r.bytes[1])),
+                connections=r.opened,
+                seconds=r.seconds if r.seconds > 0 else (to_ns - from_ns) / 1e9,
+            )
+            for r in rows
         )
-        for r in rows
     )
     return ServiceMap(from_ns, to_ns, "aggregates", edges[:limit], max(len(edges) - limit, 0))
+
+
+def _grpc_traffic_joined(edges: Iterable[MapEdge]) -> list[MapEdge]:
+    """gRPC runs on HTTP/2: a worker names a connection's flows "grpc" only when a gRPC call of it
+    ended before its first interval closed, so a connection opened just before an interval
+    boundary leaves "http2" traffic without calls beside the pair's "grpc" edge. That traffic is
+    the gRPC edge's: its bytes and connections join it, and no second edge shows."""
+    out = list(edges)
+    grpc = {(e.src.id, e.dst.id, e.transport) for e in out if e.protocol == "grpc"}
+    extra: dict[tuple[str, str, str], tuple[int, int, int]] = {}
+    kept: list[MapEdge] = []
+    for e in out:
+        key = (e.src.id, e.dst.id, e.transport)
+        if e.protocol == "http2" and not e.calls and key in grpc:
+            b0, b1, c = extra.get(key, (0, 0, 0))
+            extra[key] = (b0 + e.bytes[0], b1 + e.bytes[1], c + e.connections)
+        else:
+            kept.append(e)
+    if not extra:
+        return kept
+    joined: list[MapEdge] = []
+    for e in kept:
+        add = extra.get((e.src.id, e.dst.id, e.transport)) if e.protocol == "grpc" else None
+        if add is not None:
+            e = dataclasses.replace(
+                e, bytes=(e.bytes[0] + add[0], e.bytes[1] + add[1]), connections=e.connections + add[2]
+            )
+        joined.append(e)
+    return joined
 
 
 # ---- the route
